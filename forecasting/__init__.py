@@ -1,0 +1,1 @@
+"""Monte Carlo simulator, rule-based forecasts, backtests (later issues)."""

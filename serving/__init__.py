@@ -1,0 +1,1 @@
+"""Command-line interface and (later) the FastAPI app."""

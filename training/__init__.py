@@ -1,0 +1,1 @@
+"""Win-probability and slip models, PyMC models, evaluation, MLflow tracking (later issues)."""

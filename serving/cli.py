@@ -9,6 +9,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main() -> None:
+    """pipecast: probabilistic pipeline forecasting and deal scoring."""
+
+
 @app.command()
 def stages(
     config: str | None = typer.Option(None, "--stages", help="stage configuration file"),

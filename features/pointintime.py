@@ -33,7 +33,8 @@ _DATE_FIELDS = {"expected_close_date", "next_step_date"}
 def _as_of_index(as_of: Iterable[pd.Timestamp] | pd.Timestamp) -> pd.DatetimeIndex:
     if isinstance(as_of, pd.Timestamp):
         as_of = [as_of]
-    return pd.DatetimeIndex(sorted({pd.Timestamp(t) for t in as_of})).astype("datetime64[us]")
+    stamps = sorted({pd.Timestamp(t) for t in as_of})
+    return pd.DatetimeIndex(np.array(stamps, dtype="datetime64[us]"))
 
 
 def _grid(deals: pd.DataFrame, dates: pd.DatetimeIndex, open_only: bool) -> pd.DataFrame:

@@ -30,3 +30,13 @@ def stages(
         dur = f"{s.duration_days.min}-{s.duration_days.max}" if s.duration_days else "-"
         table.add_row(str(s.order), s.key, s.label, s.kind.value, f"{s.win_probability:.0%}", dur)
     Console().print(table)
+
+
+def _register_commands() -> None:
+    from serving import cli_pipeline, cli_signals
+
+    cli_signals.register(app)
+    cli_pipeline.register(app)
+
+
+_register_commands()

@@ -92,13 +92,15 @@ def main() -> None:
         f"baseline : {base['seconds']:7.1f} s  {n / base['seconds']:9,.0f} deals/s  "
         f"peak RSS {base['peak_rss_mb']:7.0f} MB  (raw DuckDB copy of the Parquet files)"
     )
+    load_ratio = load["seconds"] / base["seconds"]
+    reload_ratio = reload["seconds"] / base["seconds"]
     print(
         f"load     : {load['seconds']:7.1f} s  {n / load['seconds']:9,.0f} deals/s  "
-        f"peak RSS {load['peak_rss_mb']:7.0f} MB  ratio to baseline {load['seconds'] / base['seconds']:.1f}x"
+        f"peak RSS {load['peak_rss_mb']:7.0f} MB  ratio to baseline {load_ratio:.1f}x"
     )
     print(
         f"re-load  : {reload['seconds']:7.1f} s  (idempotent; rows unchanged: "
-        f"{reload['rows'] == load['rows']})  ratio to baseline {reload['seconds'] / base['seconds']:.1f}x"
+        f"{reload['rows'] == load['rows']})  ratio to baseline {reload_ratio:.1f}x"
     )
 
 

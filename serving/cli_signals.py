@@ -1,9 +1,175 @@
-"""CLI commands for point-in-time deal signals and training snapshots (filled in by issue 3)."""
+"""CLI commands for point-in-time deal signals and training snapshots.
+
+``pipecast signals`` shows what was known about the open deals on a date (the same code that feeds
+the models); ``pipecast snapshots`` writes the weekly training rows to Parquet.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
 import typer
+
+from serving import cli_common
+from serving.cli_common import (
+    DEFAULT_DB,
+    AsOfOption,
+    DbOption,
+    JsonOption,
+    StagesOption,
+    fail,
+    parse_as_of,
+    print_json,
+)
+
+# The columns of the overview table: enough to see which deals need work.
+KEY_SIGNALS: tuple[str, ...] = (
+    "stage",
+    "days_in_stage",
+    "stage_norm_ratio",
+    "amount",
+    "days_to_expected_close",
+    "close_date_push_count",
+    "days_since_last_activity",
+    "activities_total_30d",
+    "n_stakeholders",
+    "forecast_category",
+)
+
+CustomOption = Annotated[
+    list[str] | None,
+    typer.Option("--custom", help="mapped custom column to include (repeatable), e.g. industry"),
+]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return (
+            f"{number:,.2f}" if abs(number) < 10 and not number.is_integer() else f"{number:,.0f}"
+        )
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return str(value)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    clean = frame.astype(object).where(frame.notna(), None)
+    return [{str(k): v for k, v in row.items()} for row in clean.to_dict(orient="records")]
+
+
+def signals(
+    as_of: AsOfOption,
+    deal: Annotated[
+        str | None, typer.Option("--deal", help="show every signal of one deal")
+    ] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="only this rep's deals")] = None,
+    custom: CustomOption = None,
+    db: DbOption = DEFAULT_DB,
+    stages: StagesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Point-in-time signals of the open deals as of a date (what a model saw then)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from features.signals import SIGNALS, compute_signals
+
+    when = parse_as_of(as_of)
+    ctx = cli_common.open_context(db, stages)
+    try:
+        frame = compute_signals(
+            ctx.tables,
+            [when],
+            ctx.stages,
+            deal_ids=[deal] if deal else None,
+            custom=custom or (),
+        )
+    except KeyError as err:
+        raise fail(str(err.args[0])) from None
+    if owner:
+        frame = frame[frame["owner"] == owner]
+    if deal and frame.empty:
+        raise fail(f"deal {deal!r} was not open on {when.date()} (or does not exist)")
+    frame = frame.reset_index(drop=True)
+
+    if as_json:
+        print_json({"as_of": when, "deals": _records(frame)})
+        return
+    console = Console()
+    if deal:
+        row = frame.iloc[0]
+        table = Table("signal", "value", "meaning", title=f"{deal} as of {when.date()}")
+        for col in frame.columns:
+            spec = SIGNALS.get(col)
+            table.add_row(col, _cell(row[col]), spec.description if spec else "")
+        console.print(table)
+        return
+    table = Table("deal", "owner", *KEY_SIGNALS, title=f"open deals as of {when.date()}")
+    for _, r in frame.iterrows():
+        table.add_row(r["deal_id"], _cell(r["owner"]), *(_cell(r[c]) for c in KEY_SIGNALS))
+    console.print(table)
+    console.print(f"{len(frame)} open deals")
+
+
+def snapshots(
+    start: Annotated[str, typer.Option("--start", help="first snapshot date (YYYY-MM-DD)")],
+    end: Annotated[str, typer.Option("--end", help="last snapshot date (YYYY-MM-DD)")],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
+    freq: Annotated[str, typer.Option("--freq", help="pandas date frequency")] = "W-MON",
+    custom: CustomOption = None,
+    db: DbOption = DEFAULT_DB,
+    stages: StagesOption = None,
+) -> None:
+    """Write labelled training snapshots (open deals at each date, signals and outcomes)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from features.snapshots import build_snapshots
+
+    start_ts, end_ts = parse_as_of(start), parse_as_of(end)
+    if end_ts < start_ts:
+        raise fail(f"--end ({end}) is before --start ({start})")
+    try:
+        pd.date_range(start_ts.normalize(), end_ts.normalize(), freq=freq)
+    except ValueError as err:
+        raise fail(f"--freq: {err}") from None
+    ctx = cli_common.open_context(db, stages)
+    with Progress(
+        TextColumn("snapshot dates"), BarColumn(), MofNCompleteColumn(), transient=True
+    ) as bar:
+        task = bar.add_task("dates", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            frame = build_snapshots(
+                ctx.tables,
+                ctx.stages,
+                start=start_ts,
+                end=end_ts,
+                freq=freq,
+                custom=custom or (),
+                progress=tick,
+            )
+        except KeyError as err:
+            raise fail(str(err.args[0])) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False)
+    n_dates = frame["as_of"].nunique()
+    censored = int(frame["censored"].sum()) if len(frame) else 0
+    typer.echo(
+        f"wrote {len(frame):,} rows ({n_dates} dates, {frame['deal_id'].nunique():,} deals, "
+        f"{censored:,} censored) to {out}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``pipecast`` app."""
+    app.command("signals")(signals)
+    app.command("snapshots")(snapshots)

@@ -250,6 +250,17 @@ def _find_file(run: _Run, root: Path, name: str, table: str) -> Path | None:
     return found[0] if found else None
 
 
+def _source_path(run: _Run, root: Path, name: str) -> Path | None:
+    """A mapping's file name, or glob pattern matching exactly one file, in the export root."""
+    if not any(ch in name for ch in "*?["):
+        return root / name if (root / name).is_file() else None
+    matches = sorted(p for p in root.glob(name) if p.is_file())
+    if len(matches) > 1:
+        run.problem(name, f"pattern matches several files: {[p.name for p in matches]}")
+        return None
+    return matches[0] if matches else None
+
+
 def _read_file(run: _Run, path: Path) -> pd.DataFrame | None:
     try:
         if path.suffix.lower() == ".parquet":
@@ -285,8 +296,8 @@ def _read_table(run: _Run, root: Path, table: str) -> pd.DataFrame | None:
         if tm is None:
             return None
         for source in tm.sources:
-            path = root / source.file
-            if not path.is_file():
+            path = _source_path(run, root, source.file)
+            if path is None:
                 if table == "deals":
                     run.problem(source.file, "file not found (named by the mapping for deals)")
                 else:
@@ -294,7 +305,7 @@ def _read_table(run: _Run, root: Path, table: str) -> pd.DataFrame | None:
                 continue
             raw = _read_file(run, path)
             if raw is not None:
-                parts.append(_convert(run, table, raw, source.file, tm.merged(source), tm))
+                parts.append(_convert(run, table, raw, path.name, tm.merged(source), tm))
     if not parts:
         return None
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

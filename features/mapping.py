@@ -64,6 +64,23 @@ class _Conversions(_Strict):
     defaults: dict[str, Scalar] = {}
     skip: dict[str, list[Scalar | None]] = {}
 
+    @field_validator("values", mode="before")
+    @classmethod
+    def _text_keys(cls, value: Any) -> Any:
+        """YAML reads ``true:`` or ``10:`` as non-text keys; cells are text, so compare as text."""
+        if isinstance(value, dict):
+            return {
+                col: {_text(k): v for k, v in m.items()} if isinstance(m, dict) else m
+                for col, m in value.items()
+            }
+        return value
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
 
 class Source(_Conversions):
     """One file of the export feeding a canonical table."""

@@ -1,9 +1,266 @@
-"""CLI commands for pipeline metrics, hygiene and the weekly review (filled in by issue 3)."""
+"""CLI commands for pipeline metrics, hygiene flags and the weekly review pack.
+
+``pipecast metrics|hygiene|review --as-of D``: rich tables in a terminal, JSON with ``--json``.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from serving import cli_common
+from serving.cli_common import AsOfOption, DbOption, JsonOption, StagesOption
+
+TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
+OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _num(value: float | None, fmt: str = ".0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _print_metrics(m: Any) -> None:
+    """Render a PipelineMetrics as a handful of tables."""
+    console = Console()
+    scope = m.owner or m.team or "company"
+    head = Table("metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}")
+    cov, w = m.coverage, m.weighted
+    rows = [
+        ("open pipeline", f"{_money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)", ""),
+        (
+            f"closing {m.quarter}",
+            f"{_money(m.closing_this_quarter.value)} ({m.closing_this_quarter.count} deals)",
+            "",
+        ),
+        ("target", _money(cov.target), cov.target_scope or ""),
+        ("coverage", f"{_num(cov.ratio, '.2f')}x", cov.band),
+        ("won this quarter", _money(cov.won_this_quarter), ""),
+        ("weighted pipeline (all open)", _money(w.all_open), f"{w.unknown_stage_count} unknown"),
+        (
+            f"weighted closing {m.quarter}",
+            _money(w.closing_this_quarter),
+            f"{_num(w.ratio_to_target, '.2f')}x target, {w.band}",
+        ),
+        (
+            "new pipeline this quarter",
+            f"{_money(m.new_pipeline.value)} ({m.new_pipeline.count} deals)",
+            "",
+        ),
+        (
+            "velocity (created -> closed)",
+            f"{_num(m.velocity.mean_days)} days",
+            f"before {_num(m.velocity.previous_mean_days)} days, {m.velocity.trend or '-'}",
+        ),
+        (
+            "win rate",
+            _pct(m.win_rate.rate),
+            f"{m.win_rate.numerator}/{m.win_rate.denominator} closed "
+            f"{m.win_rate.window.first_day}..{m.win_rate.window.last_day}",
+        ),
+        (
+            "opportunity-to-customer",
+            _pct(m.opportunity_to_customer.rate),
+            m.opportunity_to_customer.note,
+        ),
+        ("lead-to-opportunity", "unavailable", m.lead_to_opportunity.reason),
+        (
+            "average deal size",
+            _money(m.average_deal_size.average),
+            f"{m.average_deal_size.won_count} won",
+        ),
+        (
+            "sales cycle (won)",
+            f"median {_num(m.sales_cycle.median_days)} / mean {_num(m.sales_cycle.mean_days)}",
+            "days",
+        ),
+        (
+            "activities this quarter",
+            f"{m.activities.calls_meetings} calls/meetings, {m.activities.demos} demos, "
+            f"{m.activities.proposals_sent} proposals",
+            f"{_num(m.activities.calls_meetings_per_week, '.1f')} calls+meetings/week",
+        ),
+        ("funnel projection", m.funnel.text, ""),
+        (
+            "historical conversion forecast",
+            _money(m.historical_forecast.forecast),
+            m.historical_forecast.text,
+        ),
+    ]
+    for row in rows:
+        head.add_row(*row)
+    console.print(head)
+
+    stages = Table(
+        "stage",
+        "conversion",
+        "decided",
+        "open",
+        "open value",
+        "median days (open)",
+        "norm",
+        "outliers",
+        "median days (done)",
+        title="Stages",
+    )
+    for c, t, f in zip(m.stage_conversion, m.time_in_stage, m.funnel.stages, strict=True):
+        stages.add_row(
+            c.label,
+            _pct(c.rate),
+            f"{c.converted}/{c.decided}",
+            str(f.open_count),
+            _money(f.open_value),
+            _num(t.open_median_days),
+            _num(t.norm_days),
+            str(t.open_outliers),
+            _num(t.completed_median_days),
+        )
+    console.print(stages)
+    if m.loss_reasons:
+        losses = Table("loss reason", "deals", "value", "share", title="Loss reasons")
+        for r in m.loss_reasons:
+            losses.add_row(r.reason, str(r.count), _money(r.value), _pct(r.share))
+        console.print(losses)
+
+
+def metrics(
+    as_of: AsOfOption,
+    team: TeamOption = None,
+    owner: OwnerOption = None,
+    db: DbOption = cli_common.DEFAULT_DB,
+    stages: StagesOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Pipeline metrics as of a date: coverage, weighted, conversion, cycle, win rate..."""
+    from features.metrics import compute_metrics
+
+    when = cli_common.parse_as_of(as_of)
+    ctx = cli_common.open_context(db, stages)
+    result = compute_metrics(ctx.tables, ctx.stages, when, team=team, owner=owner)
+    if json:
+        cli_common.print_json(result.to_dict())
+    else:
+        _print_metrics(result)
+
+
+def hygiene(
+    as_of: AsOfOption,
+    owner: OwnerOption = None,
+    team: TeamOption = None,
+    db: DbOption = cli_common.DEFAULT_DB,
+    stages: StagesOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Hygiene flags of open deals as of a date (zombie deals, missing next steps, ...)."""
+    from features.hygiene import hygiene_flags, stage_outliers
+    from features.metrics import jsonable
+
+    when = cli_common.parse_as_of(as_of)
+    ctx = cli_common.open_context(db, stages)
+    flags = hygiene_flags(ctx.tables, ctx.stages, when, owner=owner, team=team)
+    outliers = stage_outliers(flags, ctx.stages)
+    if json:
+        cli_common.print_json(
+            {
+                "as_of": when,
+                "flags": [f.to_dict() for f in flags],
+                "stage_outliers": jsonable(outliers),
+            }
+        )
+        return
+    console = Console()
+    table = Table(
+        "deal", "owner", "rule", "severity", "message", title=f"Hygiene as of {when:%Y-%m-%d}"
+    )
+    for f in flags:
+        table.add_row(f.deal_id, f.owner, f.rule.value, f.severity.value, f.message)
+    console.print(table)
+    for o in outliers:
+        console.print(o.message)
+    console.print(f"{len(flags)} flags on {len({f.deal_id for f in flags})} deals")
+
+
+def review(
+    as_of: AsOfOption,
+    min_amount: Annotated[
+        float | None, typer.Option("--min-amount", help="smallest deal to review")
+    ] = None,
+    team: TeamOption = None,
+    owner: OwnerOption = None,
+    sort_by: Annotated[
+        str, typer.Option("--sort", help="amount (largest first) or expected_close")
+    ] = "amount",
+    db: DbOption = cli_common.DEFAULT_DB,
+    stages: StagesOption = None,
+    json: JsonOption = False,
+) -> None:
+    """The weekly pipeline review pack: big open deals, last week's changes, risks."""
+    from features.review import review_pack
+
+    if sort_by not in ("amount", "expected_close"):
+        raise cli_common.fail(f"--sort: expected 'amount' or 'expected_close', got {sort_by!r}")
+    when = cli_common.parse_as_of(as_of)
+    ctx = cli_common.open_context(db, stages)
+    pack = review_pack(
+        ctx.tables,
+        ctx.stages,
+        when,
+        min_amount=min_amount,
+        team=team,
+        owner=owner,
+        sort_by="amount" if sort_by == "amount" else "expected_close",
+    )
+    if json:
+        cli_common.print_json(pack.to_dict())
+        return
+    table = Table(
+        "deal",
+        "owner",
+        "stage",
+        "amount",
+        "close",
+        "category",
+        "changes this week",
+        "next step",
+        "acts",
+        "flags",
+        "risk",
+        title=(
+            f"Pipeline review {pack.week_first_day}..{pack.week_last_day}: "
+            f"{pack.deal_count} deals >= {pack.min_amount:,.0f}, total {pack.total_value:,.0f}"
+        ),
+    )
+    for d in pack.deals:
+        changes = "\n".join(f"{c.at:%m-%d} {c.field}: {c.old} -> {c.new}" for c in d.changes)
+        step = f"{d.next_step or '-'} ({d.next_step_date or 'no date'})"
+        table.add_row(
+            d.deal_id,
+            d.owner,
+            d.stage_label or "unknown",
+            _money(d.amount),
+            str(d.expected_close_date or "-"),
+            d.forecast_category or "-",
+            changes or "-",
+            step,
+            str(sum(d.activities_last_week.values())),
+            ", ".join(f.rule.value for f in d.flags) or "-",
+            d.risk_note or "-",
+        )
+    Console(width=200).print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the ``pipecast`` app."""
+    app.command("metrics")(metrics)
+    app.command("hygiene")(hygiene)
+    app.command("review")(review)

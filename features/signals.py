@@ -591,9 +591,31 @@ _STATE_INPUTS = (
 )
 
 
-def _execute(inputs: dict[str, Any], wanted: Iterable[str]) -> dict[str, Any]:
-    """Resolve each wanted node from the inputs, computing its dependencies first (memoised)."""
+_ROW_INPUTS = frozenset({"as_of", "deal_code", "history_source", *_STATE_INPUTS})
+
+
+def _is_static(name: str) -> bool:
+    """True for nodes that depend on the tables only (not on the rows): reusable across dates."""
+    if name in _ROW_INPUTS:
+        return False
+    if name in _EXTRACTED:
+        return _is_static(_EXTRACTED[name])
+    if name not in _NODES:
+        return True
+    return all(_is_static(p) for p in inspect.signature(_NODES[name]).parameters)
+
+
+def _execute(
+    inputs: dict[str, Any], wanted: Iterable[str], static: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Resolve each wanted node from the inputs, computing its dependencies first (memoised).
+
+    Table-level nodes (event indexes) are kept in ``static`` when given, so successive calls on
+    the same tables for different dates build them once.
+    """
     cache = dict(inputs)
+    if static:
+        cache.update(static)
 
     def get(name: str) -> Any:
         if name in cache:
@@ -610,6 +632,8 @@ def _execute(inputs: dict[str, Any], wanted: Iterable[str]) -> dict[str, Any]:
         if isinstance(result, pd.Series):
             result = result.reset_index(drop=True)
         cache[name] = result
+        if static is not None and name in _NODES and _is_static(name):
+            static[name] = result
         return result
 
     return {name: get(name) for name in wanted}
@@ -635,11 +659,13 @@ def compute_signals(
     open_only: bool = True,
     deal_ids: Iterable[str] | None = None,
     custom: Iterable[str] = (),
+    cache: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Signals of every (open) deal at each date: columns deal_id, as_of, owner, team, then
     :data:`SIGNALS` in registry order, then the listed ``custom_*`` columns (static attributes).
 
-    ``deal_ids`` restricts the rows; rep and team statistics still use every deal.
+    ``deal_ids`` restricts the rows; rep and team statistics still use every deal. ``cache``
+    (an empty dict at first) keeps table-level indexes between calls on the *same* tables.
     """
     deals = tables.deals
     subset = tables
@@ -669,7 +695,7 @@ def compute_signals(
         inputs[col] = states[col].reset_index(drop=True)
     for col in ("history_known", "stage_known"):
         inputs[col] = _flag(states[col].to_numpy())
-    values = _execute(inputs, SIGNALS)
+    values = _execute(inputs, SIGNALS, cache)
     out = pd.DataFrame(
         {
             "deal_id": states["deal_id"].to_numpy(),

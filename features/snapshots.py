@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,7 +97,7 @@ def build_snapshots(
     end: TimeLike,
     freq: str = "W-MON",
     custom: Iterable[str] = (),
-    chunk_dates: int = 13,
+    chunk_dates: int = 26,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """One row per deal open at each snapshot date in [start, end]: signals, then the labels.
@@ -108,9 +109,10 @@ def build_snapshots(
     dates = [d for d in snapshot_dates(start, end, freq) if d <= horizon]
     custom = list(custom)
     parts: list[pd.DataFrame] = []
+    cache: dict[str, Any] = {}  # event indexes, built once for all chunks
     done = 0
     for chunk in _chunks(dates, max(chunk_dates, 1)):
-        signals = compute_signals(tables, chunk, stages, open_only=True, custom=custom)
+        signals = compute_signals(tables, chunk, stages, open_only=True, custom=custom, cache=cache)
         labels = outcome_labels(signals[["deal_id", "as_of"]], tables.deals)
         parts.append(pd.concat([signals, labels], axis=1))
         done += len(chunk)

@@ -132,7 +132,7 @@ def _required_missing(
                     values = pd.Series(np.nan, index=sub.index)
                 miss = _blank(values).to_numpy(dtype=bool)
                 if col in TRACKED_FIELDS:
-                    miss &= sub_known  # unknown before a deals-only export: not "missing"
+                    miss = miss & sub_known  # unknown before a deals-only export: not "missing"
             for d in sub["deal_id"].to_numpy()[miss]:
                 missing[str(d)].append((req.field, req.label))
     return missing

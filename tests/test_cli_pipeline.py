@@ -1,0 +1,87 @@
+"""``pipecast metrics|hygiene|review``: tables in a terminal and JSON with --json, on a fixture."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from features.stages import load_stage_config
+from serving import cli_common
+from serving.cli import app
+from tests.factory import deal, tables
+
+CFG = load_stage_config()
+
+
+@pytest.fixture(autouse=True)
+def context(monkeypatch):
+    data = tables(
+        deals=[
+            deal("D1", "2025-01-10", stage="proposal", amount=300_000.0,
+                 expected_close_date="2025-06-30", next_step_date="2025-06-20"),
+            deal("D2", "2025-02-01", owner="bob", team="south", amount=50_000.0,
+                 expected_close_date="2025-05-31"),
+            deal("W1", "2024-10-01", stage="closed_won", outcome="won", closed_at="2025-03-01",
+                 amount=120_000.0, forecast_category="closed"),
+        ],
+        stage_history=[
+            ("D1", "qualification", "2025-01-10"),
+            ("D1", "proposal", "2025-06-12"),
+            ("D2", "qualification", "2025-02-01"),
+            ("W1", "qualification", "2024-10-01"),
+            ("W1", "proposal", "2024-12-01"),
+            ("W1", "closed_won", "2025-03-01"),
+        ],
+        activities=[("D1", "call", "2025-06-11")],
+        targets=[("company", "company", "2025Q2", 100_000.0)],
+    )  # fmt: skip
+    seen = {}
+
+    def fake(db, stages):
+        seen["db"] = db
+        return cli_common.Context(data, CFG)
+
+    monkeypatch.setattr(cli_common, "open_context", fake)
+    return seen
+
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_metrics_table_and_json():
+    out = run("metrics", "--as-of", "2025-06-15")
+    assert "coverage" in out and "3.50x" in out and "healthy" in out
+    payload = json.loads(run("metrics", "--as-of", "2025-06-15", "--json"))
+    # D1 300k + D2 50k (overdue but still dated in Q2) over a 100k target
+    assert payload["coverage"]["ratio"] == 3.5
+    assert payload["win_rate"]["rate"] == 1.0
+    team = json.loads(run("metrics", "--as-of", "2025-06-15", "--team", "south", "--json"))
+    assert team["team"] == "south" and team["open_pipeline"]["count"] == 1
+
+
+def test_hygiene_table_and_json(context):
+    out = run("hygiene", "--as-of", "2025-06-15", "--db", "x.duckdb")
+    assert context["db"] == "x.duckdb"
+    assert "close_date_past" in out and "D2" in out
+    payload = json.loads(run("hygiene", "--as-of", "2025-06-15", "--owner", "bob", "--json"))
+    assert {f["deal_id"] for f in payload["flags"]} == {"D2"}
+    assert {f["rule"] for f in payload["flags"]} >= {"close_date_past", "no_next_step"}
+
+
+def test_review_table_and_json():
+    out = run("review", "--as-of", "2025-06-15")
+    assert "D1" in out and "D2" not in out  # 50k is below the 100k default
+    payload = json.loads(run("review", "--as-of", "2025-06-15", "--min-amount", "10000", "--json"))
+    assert [d["deal_id"] for d in payload["deals"]] == ["D1", "D2"]
+    assert payload["deals"][0]["changes"][0]["new"] == "proposal"
+
+
+def test_bad_arguments():
+    assert runner.invoke(app, ["metrics", "--as-of", "15/06/2025"]).exit_code != 0
+    assert runner.invoke(app, ["review", "--as-of", "2025-06-15", "--sort", "x"]).exit_code != 0

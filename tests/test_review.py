@@ -1,0 +1,150 @@
+"""The weekly review pack: threshold, last week's changes, risk notes, order, JSON, point in time.
+
+As of 2025-06-15 the review week is 2025-06-09..2025-06-15 (changes stamped after the end of
+8 June).
+"""
+
+import json
+from datetime import date
+
+import pytest
+
+from features.calendar import to_timestamp
+from features.hygiene import Rule
+from features.review import review_pack
+from features.stages import load_stage_config
+from tests.factory import deal, tables
+
+CFG = load_stage_config()
+AS_OF = to_timestamp("2025-06-15")
+OK = {"next_step": "call", "next_step_date": "2025-06-20", "competitor": "X"}
+
+
+def build(extra_fields=(), extra_acts=(), extra_history=()):
+    return tables(
+        deals=[
+            deal("R1", "2025-03-01", stage="proposal", amount=150_000.0,
+                 expected_close_date="2025-08-31", forecast_category="best_case", **OK),
+            deal("R2", "2025-05-01", amount=100_000.0, expected_close_date="2025-07-31",
+                 forecast_category="commit", **OK),
+            deal("R3", "2025-05-01", amount=99_999.0, expected_close_date="2025-07-31", **OK),
+            deal("R4", "2025-01-01", amount=400_000.0, stage="closed_won", outcome="won",
+                 closed_at="2025-06-10", forecast_category="closed", **OK),
+            deal("R5", "2025-02-01", owner="bob", team="south", stage="negotiation",
+                 amount=250_000.0, expected_close_date="2025-06-30", **OK),
+        ],
+        stage_history=[
+            ("R1", "qualification", "2025-03-01"),
+            ("R1", "needs_analysis", "2025-04-01"),
+            ("R1", "proposal", "2025-06-10"),
+            ("R2", "qualification", "2025-05-01"),
+            ("R3", "qualification", "2025-05-01"),
+            ("R4", "qualification", "2025-01-01"),
+            ("R4", "closed_won", "2025-06-10"),
+            ("R5", "qualification", "2025-02-01"),
+            ("R5", "negotiation", "2025-03-01"),
+            *extra_history,
+        ],
+        field_history=[
+            ("R1", "expected_close_date", "2025-06-30", "2025-07-31", "2025-06-05"),
+            ("R1", "expected_close_date", "2025-07-31", "2025-08-31", "2025-06-14"),
+            ("R1", "amount", "120000.0", "150000.0", "2025-06-12"),
+            ("R1", "forecast_category", "pipeline", "best_case", "2025-06-08"),  # outside week
+            ("R1", "forecast_category", "commit", "best_case", "2025-06-09"),
+            *extra_fields,
+        ],
+        activities=[
+            ("R1", "call", "2025-06-01"),
+            ("R1", "call", "2025-06-09"),
+            ("R1", "meeting", "2025-06-11"),
+            ("R1", "call", "2025-06-13"),
+            ("R2", "call", "2025-06-14"),
+            ("R5", "call", "2025-04-01"),
+            *extra_acts,
+        ],
+        stakeholders=[
+            ("R2", "c1", "decision_maker", "2025-05-01"),
+            ("R2", "c2", "champion", "2025-05-02"),
+            ("R5", "c3", "decision_maker", "2025-02-01"),
+        ],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return review_pack(build(), CFG, AS_OF)
+
+
+def test_threshold_and_order(pack):
+    assert pack.min_amount == 100_000.0
+    assert [d.deal_id for d in pack.deals] == ["R5", "R1", "R2"]  # 99,999 and closed R4 out
+    assert pack.total_value == 500_000.0 and pack.deal_count == 3
+    assert (pack.week_first_day, pack.week_last_day) == (date(2025, 6, 9), date(2025, 6, 15))
+    by_close = review_pack(build(), CFG, AS_OF, sort_by="expected_close")
+    assert [d.deal_id for d in by_close.deals] == ["R5", "R2", "R1"]
+    big = review_pack(build(), CFG, AS_OF, min_amount=150_000)
+    assert [d.deal_id for d in big.deals] == ["R5", "R1"]
+    assert [d.deal_id for d in review_pack(build(), CFG, AS_OF, team="south").deals] == ["R5"]
+
+
+def test_changes_in_the_last_week(pack):
+    r1 = next(d for d in pack.deals if d.deal_id == "R1")
+    got = [(c.at.date().isoformat(), c.field, c.old, c.new) for c in r1.changes]
+    assert got == [
+        ("2025-06-09", "forecast_category", "commit", "best_case"),
+        ("2025-06-10", "stage", "needs_analysis", "proposal"),
+        ("2025-06-12", "amount", "120000.0", "150000.0"),
+        ("2025-06-14", "expected_close_date", "2025-07-31", "2025-08-31"),
+    ]
+    assert r1.activities_last_week == {"call": 2, "meeting": 1}
+    assert r1.stage_label == "3 Proposal / Quote" and r1.days_in_stage == 5
+    assert r1.last_activity == date(2025, 6, 13)
+    r5 = pack.deals[0]
+    assert r5.changes == [] and r5.activities_last_week == {}
+
+
+def test_risk_notes_and_flags(pack):
+    r1, r2, r5 = (next(d for d in pack.deals if d.deal_id == k) for k in ("R1", "R2", "R5"))
+    assert r1.risk_notes == ["close date pushed 2 times", "no decision maker", "no contacts mapped"]
+    assert any(f.rule is Rule.REQUIRED_FIELDS for f in r1.flags)  # no proposal activity
+    # R2: 45 days in qualification (2.1x the 21-day norm), committed at a 10% stage
+    assert r2.risk_notes == [
+        "in 1 Qualification 2.1x norm",
+        "commit at 1 Qualification (stage p(win) 10%)",
+    ]
+    # R5: in negotiation since 1 March (106 days, 5.0x the 21-day norm), idle since 1 April
+    assert r5.risk_notes == [
+        "single-threaded (1 contact)",
+        "no activity 75 days",
+        "in 4 Negotiation 5.0x norm",
+    ]
+    assert {f.rule for f in r5.flags} >= {Rule.NO_ACTIVITY_REVIEW, Rule.TIME_IN_STAGE}
+    assert r5.risk_note == "; ".join(r5.risk_notes)
+
+
+def test_json_parses(pack):
+    payload = json.loads(json.dumps(pack.to_dict(), allow_nan=False))
+    assert [d["deal_id"] for d in payload["deals"]] == ["R5", "R1", "R2"]
+    r1 = payload["deals"][1]
+    assert r1["expected_close_date"] == "2025-08-31"
+    assert r1["changes"][1] == {
+        "at": "2025-06-10T00:00:00",
+        "field": "stage",
+        "old": "needs_analysis",
+        "new": "proposal",
+    }
+    assert r1["risk_note"].startswith("close date pushed 2 times")
+    assert payload["deals"][0]["flags"][0]["rule"] in {r.value for r in Rule}
+
+
+def test_later_events_change_nothing(pack):
+    later = build(
+        extra_fields=[("R1", "amount", "150000.0", "90000.0", "2025-06-16")],
+        extra_acts=[("R5", "call", "2025-06-16"), ("R1", "demo", "2025-06-20")],
+        extra_history=[("R2", "needs_analysis", "2025-06-16")],
+    )
+    # The deal row carries R1's newest amount; as of 15 June the history gives 150k back.
+    later.deals.loc[later.deals["deal_id"] == "R1", "amount"] = 90_000.0
+    assert review_pack(later, CFG, AS_OF).to_dict() == pack.to_dict()
+    after = review_pack(later, CFG, to_timestamp("2025-06-16"))
+    assert "R1" not in [d.deal_id for d in after.deals]

@@ -368,7 +368,7 @@ class _Simulation:
         self.team_effect = rng.normal(0.0, 0.2, n_teams)
         self.rep_skill = rng.normal(0.0, 0.35, n_reps)
         self.rep_capacity = rng.lognormal(0.0, 0.3, n_reps)
-        self.rep_optimism = rng.uniform(0.55, 0.9, n_reps)  # fraction of the real time expected
+        self.rep_optimism = rng.uniform(0.6, 0.95, n_reps)  # fraction of the real time expected
         self.rep_activity = rng.lognormal(0.0, 0.25, n_reps)
         self.rep_fc_bias = rng.normal(0.5, 0.35, n_reps)  # logit added to perceived win chance
         self.rep_sloppiness = rng.uniform(0.02, 0.18, n_reps)  # share of missing next steps
@@ -426,8 +426,8 @@ class _Simulation:
         stalled = np.zeros((n, K), dtype=bool)
         for k in range(K):
             base = self.norms[k] * rng.lognormal(0.0, 0.28, n) * self.complexity
-            base *= np.exp(-0.2 * q)
-            stalled[:, k] = rng.random(n) < _sigmoid(-2.6 - 0.9 * q)
+            base *= np.exp(-0.3 * q)
+            stalled[:, k] = rng.random(n) < _sigmoid(-2.5 - 1.1 * q)
             base += stalled[:, k] * rng.exponential(1.3 * self.norms[k], n)
             speed = np.exp(-0.3 * self.shock[self.clock.quarter_of(entries[:, k])])
             durations[:, k] = np.maximum(base * speed, 1.0)
@@ -436,7 +436,7 @@ class _Simulation:
 
         # Advance probabilities per stage rise through the funnel (overall win ~30%).
         base_p = np.linspace(0.70, 0.88, K) ** (4.0 / K)
-        intercept = np.log(base_p / (1 - base_p)) + 0.0
+        intercept = np.log(base_p / (1 - base_p)) - 0.3
         skill = self.rep_skill[self.rep] + self.team_effect[self.team]
         seg_eff = np.array([0.1, 0.0, -0.15])[self.segment]
         common = 1.0 * q + skill + seg_eff - 0.15 * self.competitor
@@ -497,7 +497,9 @@ class _Simulation:
             ok = self.reached[:, k] & (length > 0)
             losing = self.losing_stage[:, k]
             # Bursty rhythm: each stage has its own pace; stalls and losing stages are quieter.
+            # Any deal can go quiet for a stage (e.g. waiting for capex approval).
             pace = rng.lognormal(0.0, 0.75, self.n) * (1.0 - 0.6 * self.stalled[:, k])
+            pace *= np.where(rng.random(self.n) < 0.12, 0.12, 1.0)
             rate = rate_base * pace * (1.0 - 0.25 * losing)
             counts = np.where(ok, rng.poisson(np.where(ok, rate * np.maximum(length, 0), 0)), 0)
             deal = np.repeat(np.arange(self.n), counts)
@@ -948,7 +950,7 @@ class _Simulation:
         # Quarters after the export have no future deals in the data: plan them from last year.
         for j in range(q_last + 1, nq):
             smooth[:, j] = smooth[:, j - 4] * np.exp(ANNUAL_GROWTH) if j >= 4 else smooth[:, j]
-        stretch = rng.uniform(1.05, 1.3, (n_reps, nq))
+        stretch = rng.uniform(1.1, 1.4, (n_reps, nq))
         rep_t = np.round(smooth * stretch, -3)
         n_teams = len(self.team_names)
         team_t = np.zeros((n_teams, nq))

@@ -153,6 +153,7 @@ class _Run:
     problems: list[ImportProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sources: dict[str, list[_Source]] = field(default_factory=dict)
+    _cells: set[tuple[str, int, str | None]] = field(default_factory=set)
 
     def problem(self, file: str, message: str, column: str | None = None) -> None:
         self.problems.append(ImportProblem(file, None, column, message))
@@ -184,6 +185,10 @@ class _Run:
         for src, row, value in zip(bad[_SRC], bad[_ROW], vals, strict=True):
             s = srcs[int(src)]
             user_col = s.origin.get(column, column) if column is not None else None
+            cell = (s.file, int(row), user_col)
+            if cell in self._cells:  # one problem per cell: an unparsable date is not also empty
+                continue
+            self._cells.add(cell)
             self.problems.append(ImportProblem(s.file, int(row), user_col, message(value)))
 
 

@@ -27,7 +27,9 @@ from features.schema import (
 
 DEFAULT_DB = "pipecast.duckdb"
 
-# Current values, not events: a newer row replaces the stored one.
+# Current values, not events: a newer row replaces the stored one. These small tables carry a
+# DuckDB primary key; the large append-only history tables get none (an ART index on millions of
+# text keys doubles the load time) and their natural key is kept by an anti-join on insert.
 _UPSERT_TABLES = ("deals", "targets")
 _counter = itertools.count()
 
@@ -66,6 +68,7 @@ class Store:
     def __init__(self, path: str | Path = DEFAULT_DB) -> None:
         self.path = Path(path)
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(str(self.path))
+        self._sql("SET enable_progress_bar = false")  # no stray bars in CLI output
         self._create_tables()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -99,10 +102,9 @@ class Store:
         for table in CanonicalTables.TABLES:
             template = empty_frame(table)
             defs = [f"{_q(c)} {_sql_type(template[c].dtype)}" for c in template.columns]
-            key = _cols(list(PRIMARY_KEYS[table]))
-            self._sql(
-                f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(defs)}, PRIMARY KEY ({key}))"
-            )
+            if table in _UPSERT_TABLES:
+                defs.append(f"PRIMARY KEY ({_cols(list(PRIMARY_KEYS[table]))})")
+            self._sql(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(defs)})")
 
     # --- writing -------------------------------------------------------------------------------
     def load(self, tables: CanonicalTables) -> LoadReport:
@@ -148,10 +150,14 @@ class Store:
         if frame.empty:
             return 0
         cols = columns(table)
+        key = list(PRIMARY_KEYS[table])
+        join = " AND ".join(f"t.{_q(k)} = i.{_q(k)}" for k in key)
         before = self._count(table)
+        # DISTINCT ON: a key repeated within the incoming rows is stored once.
         self._sql(
-            f"INSERT INTO {table} ({_cols(cols)}) SELECT {_cols(cols)} FROM {view} "
-            "ON CONFLICT DO NOTHING"
+            f"INSERT INTO {table} ({_cols(cols)}) "
+            f"SELECT DISTINCT ON ({_cols(key, 'i.')}) {_cols(cols, 'i.')} FROM {view} AS i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {join})"
         )
         return self._count(table) - before
 

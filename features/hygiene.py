@@ -149,14 +149,38 @@ def hygiene_flags(
 ) -> list[HygieneFlag]:
     """Every hygiene rule broken by an open deal at ``as_of``, in deal then rule order."""
     as_of = pd.Timestamp(as_of)
-    cfg = stages.hygiene
     states = scoped_states(tables, stages, as_of, team=team, owner=owner)
+    return flags_for_states(tables, stages, as_of, states, cleanup_window_days=cleanup_window_days)
+
+
+def flags_for_states(
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    states: pd.DataFrame,
+    *,
+    cleanup_window_days: int = CLEANUP_WINDOW_DAYS,
+) -> list[HygieneFlag]:
+    """:func:`hygiene_flags` for deal states already rebuilt as of ``as_of`` (a subset is fine)."""
+    cfg = stages.hygiene
     deals = states[states["is_open"]].sort_values("deal_id").reset_index(drop=True)
     flags: list[HygieneFlag] = []
     if deals.empty:
         return flags
     known = deals["history_known"].to_numpy(dtype=bool)
     ids, owners = deals["deal_id"].to_numpy(), deals["owner"].to_numpy()
+    # Plain arrays: per-flag lookups on arrow-backed columns are slow.
+    col = {
+        c: deals[c].to_numpy()
+        for c in (
+            "created_at",
+            "expected_close_date",
+            "next_step",
+            "next_step_date",
+            "stage",
+            "stage_entered_at",
+        )
+    }
     labels = {s.key: s.label for s in stages.stages}
 
     def add(i: int | np.integer[Any], rule: Rule, sev: Severity, msg: str, **evidence: Any) -> None:
@@ -166,14 +190,15 @@ def hygiene_flags(
     last = last_activity(tables, as_of, deals["deal_id"]).reindex(deals["deal_id"])
     last = pd.Series(last.to_numpy(), index=deals.index)
     since = last.fillna(deals["created_at"])
+    last_at = last.to_numpy()
     idle = days_between(since, as_of).to_numpy()
     for i in np.flatnonzero(idle >= cfg.no_activity_review_days):
         ev = {
-            "last_activity": _iso(last.iloc[i]),
-            "created_at": _iso(deals["created_at"].iloc[i]),
+            "last_activity": _iso(last_at[i]),
+            "created_at": _iso(col["created_at"][i]),
             "days_without_activity": int(idle[i]),
         }
-        what = "since creation" if pd.isna(last.iloc[i]) else f"since {ev['last_activity']}"
+        what = "since creation" if pd.isna(last_at[i]) else f"since {ev['last_activity']}"
         if idle[i] >= cfg.stale_days:
             msg = f"no activity for {idle[i]} days ({what}): stale, propose closed-lost"
             add(i, Rule.STALE, Severity.CRITICAL, msg, threshold_days=cfg.stale_days, **ev)
@@ -191,7 +216,7 @@ def hygiene_flags(
     # --- close date in the past ------------------------------------------------------------
     overdue = days_between(deals["expected_close_date"], as_of).to_numpy()
     for i in np.flatnonzero((overdue > 0) & known):
-        close = _iso(deals["expected_close_date"].iloc[i])
+        close = _iso(col["expected_close_date"][i])
         msg = f"expected close date {close} is {overdue[i]} days past: update it or close"
         add(
             i,
@@ -212,8 +237,8 @@ def hygiene_flags(
             Rule.NO_NEXT_STEP,
             Severity.CRITICAL,
             f"no {' and no '.join(gaps)}: every deal needs both",
-            next_step=None if no_step[i] else str(deals["next_step"].iloc[i]),
-            next_step_date=_iso(deals["next_step_date"].iloc[i]),
+            next_step=None if no_step[i] else str(col["next_step"][i]),
+            next_step_date=_iso(col["next_step_date"][i]),
         )
 
     # --- quarterly cleanup -----------------------------------------------------------------
@@ -231,7 +256,7 @@ def hygiene_flags(
                 Rule.QUARTERLY_CLEANUP,
                 Severity.INFO,
                 msg,
-                created_at=_iso(deals["created_at"].iloc[i]),
+                created_at=_iso(col["created_at"][i]),
                 quarter_end=q_end.date().isoformat(),
                 age_at_quarter_end=int(age[i]),
                 threshold_days=cfg.cleanup_age_days,
@@ -245,7 +270,7 @@ def hygiene_flags(
     with np.errstate(invalid="ignore"):
         slow = in_stage > limit  # NaN (unknown stage or entry) compares False: skipped
     for i in np.flatnonzero(slow):
-        stage = str(deals["stage"].iloc[i])
+        stage = str(col["stage"][i])
         msg = (
             f"{int(in_stage[i])} days in {labels[stage]}: "
             f"{in_stage[i] / norm[i]:.1f}x the {norm[i]:.0f}-day norm"
@@ -256,7 +281,7 @@ def hygiene_flags(
             Severity.WARNING,
             msg,
             stage=stage,
-            stage_entered_at=_iso(deals["stage_entered_at"].iloc[i]),
+            stage_entered_at=_iso(col["stage_entered_at"][i]),
             days_in_stage=int(in_stage[i]),
             norm_days=float(norm[i]),
             limit_days=float(limit[i]),
@@ -267,7 +292,7 @@ def hygiene_flags(
     pos = {str(d): i for i, d in enumerate(ids)}
     for deal_id, items in missing.items():
         j = pos[deal_id]
-        stage = str(deals["stage"].iloc[j])
+        stage = str(col["stage"][j])
         msg = f"missing for {labels[stage]}: " + ", ".join(label for _, label in items)
         add(
             j,

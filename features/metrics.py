@@ -118,7 +118,9 @@ def scoped_events(
 ) -> pd.DataFrame:
     """Events stamped on or before ``as_of`` of the deals in scope."""
     ev = events_as_of(events, column, as_of)
-    return ev[ev["deal_id"].isin(deal_ids)]
+    # Hash lookup: Series.isin on arrow strings walks the values in Python.
+    known = pd.Index(deal_ids).get_indexer(pd.Index(ev["deal_id"])) >= 0
+    return ev[known]
 
 
 def last_activity(tables: CanonicalTables, as_of: pd.Timestamp, deal_ids: pd.Series) -> pd.Series:
@@ -395,14 +397,15 @@ def stage_reach(
     order = {s.key: s.order for s in stages.open_stages}
     sh = scoped_events(tables.stage_history, "entered_at", as_of, states["deal_id"])
     sh = sh[sh["stage"].isin(list(order))]
-    reached = pd.DataFrame(False, index=pd.Index(states["deal_id"]), columns=list(order))
-    if not sh.empty:
-        hits = pd.crosstab(sh["deal_id"], sh["stage"]).gt(0)
-        hits = hits.reindex(index=reached.index, columns=reached.columns, fill_value=False)
-        reached = hits.astype(bool)
-    orders = np.array([order[k] for k in reached.columns])
-    masked = np.where(reached.to_numpy(), orders[None, :], 0)
-    reached["_max_order"] = masked.max(axis=1) if len(orders) else 0
+    keys = list(order)
+    hits = np.zeros((len(states), len(keys)), dtype=bool)
+    rows = pd.Index(states["deal_id"]).get_indexer(pd.Index(sh["deal_id"]))
+    cols = pd.Index(keys).get_indexer(pd.Index(sh["stage"]))
+    hits[rows, cols] = True
+    reached = pd.DataFrame(hits, index=pd.Index(states["deal_id"]), columns=keys)
+    orders = np.array([order[k] for k in keys])
+    masked = np.where(hits, orders[None, :], 0)
+    reached["_max_order"] = masked.max(axis=1) if len(keys) else 0
     return reached
 
 

@@ -10,13 +10,14 @@ are the seed's red flags made explicit (see :func:`_risk_notes`).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
 import pandas as pd
 
-from features.hygiene import HygieneFlag, hygiene_flags
+from features.hygiene import HygieneFlag, flags_for_states
 from features.metrics import days_between, jsonable, last_activity, scoped_events, scoped_states
 from features.schema import CanonicalTables, StakeholderRole
 from features.stages import StageConfig
@@ -142,7 +143,7 @@ def _close_pushes(tables: CanonicalTables, ids: pd.Series, as_of: pd.Timestamp) 
 
 
 def _risk_notes(
-    row: pd.Series,
+    row: Mapping[Hashable, Any],
     stages: StageConfig,
     as_of: pd.Timestamp,
     *,
@@ -208,7 +209,7 @@ def review_pack(
     ids = deals["deal_id"]
 
     flags: dict[str, list[HygieneFlag]] = defaultdict(list)
-    for f in hygiene_flags(tables, stages, as_of, team=team, owner=owner):
+    for f in flags_for_states(tables, stages, as_of, deals):
         flags[f.deal_id].append(f)
     changes = _week_changes(tables, ids, start, as_of)
     acts = scoped_events(tables.activities, "occurred_at", as_of, ids)
@@ -225,10 +226,10 @@ def review_pack(
     in_stage = days_between(deals["stage_entered_at"], as_of)
 
     out: list[ReviewDeal] = []
-    for i in range(len(deals)):
-        row = deals.iloc[i]
+    last_at, idle_days, in_stage_days = last.to_numpy(), idle.to_numpy(), in_stage.to_numpy()
+    for i, row in enumerate(deals.to_dict("records")):
         d = str(row["deal_id"])
-        dis = None if pd.isna(in_stage.iloc[i]) else int(in_stage.iloc[i])
+        dis = None if pd.isna(in_stage_days[i]) else int(in_stage_days[i])
         stage = _opt_str(row["stage"])
         out.append(
             ReviewDeal(
@@ -244,7 +245,7 @@ def review_pack(
                 next_step=_opt_str(row["next_step"]),
                 next_step_date=_opt_date(row["next_step_date"]),
                 days_in_stage=dis,
-                last_activity=_opt_date(last.iloc[i]),
+                last_activity=_opt_date(last_at[i]),
                 changes=changes.get(d, []),
                 activities_last_week=week_acts.get(d, {}),
                 flags=flags.get(d, []),
@@ -255,7 +256,7 @@ def review_pack(
                     pushes=int(pushes.get(d, 0)),
                     contacts=int(contacts.get(d, 0)),
                     has_decision_maker=d in dm,
-                    idle_days=int(idle.iloc[i]),
+                    idle_days=int(idle_days[i]),
                     days_in_stage=dis,
                 ),
             )

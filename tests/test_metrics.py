@@ -13,12 +13,17 @@ import pandas as pd
 import pytest
 
 from features.calendar import to_timestamp
+from features.generator import generate
+from features.hygiene import hygiene_flags
 from features.metrics import (
     StageConversion,
     _coverage_band,
     _funnel,
     compute_metrics,
 )
+from features.pointintime import deal_states_as_of
+from features.review import review_pack
+from features.schema import TRACKED_FIELDS, CanonicalTables
 from features.stages import load_stage_config, parse_stage_config
 from tests.factory import deal, tables
 
@@ -317,3 +322,43 @@ def test_later_events_change_nothing(m):
     # ...while as of a later date they do show.
     after = compute_metrics(later, CFG, to_timestamp("2025-07-02"))
     assert after.win_rate.numerator == 3
+
+
+def _export_at(data, as_of):
+    """The dataset as an export taken at ``as_of`` would have held it (custom columns aside)."""
+    states = deal_states_as_of(data, as_of, CFG).set_index("deal_id")
+    deals = data.deals[data.deals["created_at"] <= as_of].copy()
+    later = (deals["closed_at"] > as_of).to_numpy()
+    deals.loc[later, "outcome"] = "open"
+    deals.loc[later, ["closed_at", "loss_reason"]] = None
+    for col in (*TRACKED_FIELDS, "stage"):
+        deals[col] = states[col].reindex(deals["deal_id"]).to_numpy()
+    deals["observed_at"] = as_of
+
+    def upto(frame, column):
+        return frame[frame[column] <= as_of].reset_index(drop=True)
+
+    return CanonicalTables(
+        deals=deals.reset_index(drop=True),
+        stage_history=upto(data.stage_history, "entered_at"),
+        field_history=upto(data.field_history, "changed_at"),
+        activities=upto(data.activities, "occurred_at"),
+        stakeholders=upto(data.stakeholders, "added_at"),
+        targets=data.targets,
+    )
+
+
+@pytest.mark.parametrize("day", ["2023-06-20", "2024-12-24"])
+def test_generated_data_later_events_change_nothing(day):
+    """Everything after as_of removed (a past export): metrics, flags and review pack identical."""
+    data = generate(400, 3).tables
+    as_of = to_timestamp(day)
+    past = _export_at(data, as_of)
+    assert len(past.activities) < len(data.activities)
+    assert (
+        compute_metrics(past, CFG, as_of).to_dict() == compute_metrics(data, CFG, as_of).to_dict()
+    )
+    assert hygiene_flags(past, CFG, as_of) == hygiene_flags(data, CFG, as_of)
+    got = review_pack(past, CFG, as_of, min_amount=0).to_dict()
+    assert got == review_pack(data, CFG, as_of, min_amount=0).to_dict()
+    assert got["deal_count"] > 10

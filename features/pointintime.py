@@ -53,7 +53,9 @@ def _grid(deals: pd.DataFrame, dates: pd.DatetimeIndex, open_only: bool) -> pd.D
         parts.append(pd.DataFrame({"as_of": np.repeat(t, len(idx)), "_row": idx}))
     grid = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"as_of": [], "_row": []})
     grid["as_of"] = grid["as_of"].astype("datetime64[us]")
-    grid["deal_id"] = deals["deal_id"].to_numpy()[grid["_row"].to_numpy(dtype=np.int64)]
+    ids = deals["deal_id"].to_numpy()[grid["_row"].to_numpy(dtype=np.int64)]
+    # typed even when empty (no deal existed yet), so the merges below still match dtypes
+    grid["deal_id"] = pd.Series(ids, index=grid.index, dtype=deals["deal_id"].dtype)
     return grid
 
 

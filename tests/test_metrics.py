@@ -362,3 +362,14 @@ def test_generated_data_later_events_change_nothing(day):
     got = review_pack(past, CFG, as_of, min_amount=0).to_dict()
     assert got == review_pack(data, CFG, as_of, min_amount=0).to_dict()
     assert got["deal_count"] > 10
+
+
+def test_empty_dataset_and_no_history():
+    """No deals yet, or a deal without stage history: zeros and unknowns, never a crash."""
+    as_of = to_timestamp("2025-02-01")
+    empty = compute_metrics(tables(deals=[]), CFG, as_of)
+    assert empty.open_pipeline.count == 0 and empty.win_rate.rate is None
+    json.dumps(empty.to_dict(), allow_nan=False)
+    bare = compute_metrics(tables(deals=[deal("A", "2025-01-01")]), CFG, as_of)
+    assert bare.open_pipeline.count == 1 and bare.weighted.unknown_stage_count == 1
+    assert bare.weighted.all_open == 0.0 and bare.funnel.expected_wins is None

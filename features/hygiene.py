@@ -316,7 +316,8 @@ def stage_outliers(flags: list[HygieneFlag], stages: StageConfig) -> list[StageO
         if f.rule is Rule.TIME_IN_STAGE:
             groups[(f.owner, f.evidence["stage"])].append(f)
     out = []
-    for (owner, stage), items in sorted(groups.items()):
+    order = {s.key: s.order for s in stages.stages}
+    for (owner, stage), items in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         weeks = float(np.median([f.evidence["days_in_stage"] for f in items])) / 7
         norm_weeks = float(items[0].evidence["norm_days"]) / 7
         n = len(items)

@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo-data
+AS_OF  ?= 2025-11-15
+DEMO_DB ?= demo.duckdb
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -15,9 +17,13 @@ $(BIN)/pipecast: pyproject.toml
 install: $(BIN)/pipecast
 
 demo: install
+	rm -f $(DEMO_DB)
 	$(BIN)/pipecast generate --deals 3000 --seed 7 --out $(DEMO)
-	$(BIN)/pipecast load $(DEMO) --db pipecast.duckdb
-	$(BIN)/pipecast summary --db pipecast.duckdb
+	$(BIN)/pipecast load $(DEMO) --db $(DEMO_DB)
+	$(BIN)/pipecast summary --db $(DEMO_DB)
+	$(BIN)/pipecast metrics --as-of $(AS_OF) --db $(DEMO_DB)
+	$(BIN)/pipecast review --as-of $(AS_OF) --min-amount 750000 --db $(DEMO_DB)
+	$(BIN)/pipecast hygiene --as-of $(AS_OF) --db $(DEMO_DB) | tail -n 8
 
 test: install
 	$(BIN)/pytest -q -n 2
@@ -34,4 +40,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate_load.py
 
 clean:
-	rm -rf $(DEMO) pipecast.duckdb .pytest_cache .mypy_cache
+	rm -rf $(DEMO) $(DEMO_DB) .pytest_cache .mypy_cache

@@ -672,11 +672,7 @@ def compute_signals(
     if deal_ids is not None:
         subset = replace(tables, deals=deals[deals["deal_id"].isin(list(deal_ids))])
     dates = [as_of_dates] if isinstance(as_of_dates, pd.Timestamp) else list(as_of_dates)
-    if dates:
-        states = deal_states(subset, dates, stages, open_only=open_only)
-    else:  # deal_states needs a date to type its columns; keep the shape, drop the rows
-        probe = pd.Timestamp(pd.to_datetime(deals["created_at"]).min())
-        states = deal_states(subset, probe, stages, open_only=open_only).iloc[:0]
+    states = deal_states(subset, dates, stages, open_only=open_only)
     all_deals = deals.reset_index(drop=True)
     index = pd.Index(all_deals["deal_id"])
     code = _codes(states["deal_id"], index)

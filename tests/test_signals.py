@@ -1,0 +1,433 @@
+"""Point-in-time deal signals: hand-computed values, deals-only imports, and "the future changes
+nothing" as a Hypothesis property."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from features.calendar import to_timestamp
+from features.schema import CanonicalTables
+from features.signals import SIGNALS, compute_signals, describe_signals
+from features.stages import load_stage_config
+from serving import cli_common
+from tests.factory import deal, tables
+
+CFG = load_stage_config()
+AS_OF = to_timestamp("2025-06-30")
+
+
+@pytest.fixture(scope="module")
+def data() -> CanonicalTables:
+    return tables(
+        deals=[
+            deal(
+                "D1",
+                "2025-03-01",
+                stage="proposal",
+                amount=120_000.0,
+                expected_close_date="2025-07-31",
+                next_step="send revised quote",
+                next_step_date="2025-07-04",
+                competitor="Rival BV",
+                custom_industry="Food",
+            ),
+            # closed deals that make up the reps' track records
+            deal(
+                "W1",
+                "2025-01-01",
+                owner="alice",
+                outcome="won",
+                stage="closed_won",
+                closed_at="2025-02-10",
+                custom_industry="Auto",
+            ),
+            deal(
+                "L1",
+                "2025-01-01",
+                owner="alice",
+                outcome="lost",
+                stage="closed_lost",
+                closed_at="2025-03-02",
+                loss_reason="price",
+                custom_industry="Auto",
+            ),
+            deal(
+                "L2",
+                "2025-01-01",
+                owner="bob",
+                team="south",
+                outcome="lost",
+                stage="closed_lost",
+                closed_at="2025-01-31",
+                loss_reason="fit",
+                custom_industry="Auto",
+            ),
+            # closes after as_of: must not count
+            deal(
+                "W2",
+                "2025-01-01",
+                owner="alice",
+                outcome="won",
+                stage="closed_won",
+                closed_at="2025-07-15",
+                custom_industry="Auto",
+            ),
+            deal(
+                "B1",
+                "2025-06-01",
+                owner="bob",
+                team="south",
+                next_step=None,
+                custom_industry="Auto",
+            ),
+        ],
+        stage_history=[
+            ("D1", "qualification", "2025-03-01T00:00"),
+            ("D1", "needs_analysis", "2025-04-01T00:00"),
+            ("D1", "proposal", "2025-06-02T10:00"),
+            ("W1", "qualification", "2025-01-01T00:00"),
+            ("W1", "closed_won", "2025-02-10T00:00"),
+            ("L1", "qualification", "2025-01-01T00:00"),
+            ("L1", "closed_lost", "2025-03-02T00:00"),
+            ("L2", "qualification", "2025-01-01T00:00"),
+            ("L2", "closed_lost", "2025-01-31T00:00"),
+            ("W2", "qualification", "2025-01-01T00:00"),
+            ("W2", "closed_won", "2025-07-15T00:00"),
+            ("B1", "qualification", "2025-06-01T00:00"),
+        ],
+        field_history=[
+            ("D1", "amount", "80000.0", "100000.0", "2025-04-10"),
+            ("D1", "amount", "100000.0", "120000.0", "2025-07-10"),  # after as_of
+            ("D1", "expected_close_date", "2025-05-31", "2025-06-30", "2025-05-01"),  # +30
+            ("D1", "expected_close_date", "2025-06-30", "2025-06-20", "2025-05-15"),  # pull-in
+            ("D1", "expected_close_date", "2025-06-20", "2025-07-31", "2025-06-25"),  # +41
+            ("D1", "expected_close_date", "2025-07-31", "2025-09-30", "2025-07-02"),  # after
+        ],
+        activities=[
+            ("D1", "call", "2025-06-30 22:00"),  # the as_of day itself: counted, 0 days ago
+            ("D1", "call", "2025-06-17 00:00"),  # first day of the 14-day window
+            ("D1", "email", "2025-06-16 23:59"),  # just outside 14 days, inside 30
+            ("D1", "meeting", "2025-06-01 00:00"),  # first day of the 30-day window
+            ("D1", "demo", "2025-05-31 12:00"),  # just outside 30 days, inside 90
+            ("D1", "site_visit", "2025-04-02 00:00"),  # first day of the 90-day window
+            ("D1", "proposal", "2025-04-01 23:00"),  # just outside 90 days
+            ("D1", "call", "2025-07-01 00:00"),  # after as_of
+        ],
+        stakeholders=[
+            ("D1", "c1", "decision_maker", "2025-03-05"),
+            ("D1", "c1", "champion", "2025-04-05"),  # same person, second role
+            ("D1", "c2", "finance", "2025-06-30"),
+            ("D1", "c3", "engineering", "2025-07-01"),  # after as_of
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def row(data: CanonicalTables) -> pd.Series:
+    s = compute_signals(data, [AS_OF], CFG, custom=["industry"])
+    return s.set_index("deal_id").loc["D1"]
+
+
+def test_one_row_per_open_deal(data: CanonicalTables) -> None:
+    s = compute_signals(data, [AS_OF, to_timestamp("2025-07-20")], CFG)
+    assert sorted(s.loc[s["as_of"] == AS_OF, "deal_id"]) == ["B1", "D1", "W2"]
+    assert sorted(s.loc[s["as_of"] > AS_OF, "deal_id"]) == ["B1", "D1"]  # W2 closed 15 July
+    assert not s.duplicated(["deal_id", "as_of"]).any()
+
+
+def test_stage_signals(row: pd.Series) -> None:
+    assert row["stage"] == "proposal" and row["stage_order"] == 3
+    assert row["stage_win_probability"] == 0.5
+    assert row["days_in_stage"] == 28  # 2 June 10:00 -> 30 June: calendar days
+    assert row["stage_norm_ratio"] == pytest.approx(28 / 31.5)  # proposal norm (21+42)/2
+    assert row["deal_age_days"] == 121  # 1 March -> 30 June
+    assert row["stage_entry_known"] == 1.0 and row["history_known"] == 1.0
+
+
+def test_activity_windows_at_their_boundaries(row: pd.Series) -> None:
+    assert row["activities_call_14d"] == 2 and row["activities_email_14d"] == 0
+    assert row["activities_total_14d"] == 2
+    assert row["activities_email_30d"] == 1 and row["activities_meeting_30d"] == 1
+    assert row["activities_demo_30d"] == 0 and row["activities_total_30d"] == 4
+    assert row["activities_demo_90d"] == 1 and row["activities_site_visit_90d"] == 1
+    assert row["activities_proposal_90d"] == 0 and row["activities_total_90d"] == 6
+    assert row["activities_total"] == 7  # everything up to as_of, the 1 July call excluded
+    assert row["days_since_last_activity"] == 0
+
+
+def test_stakeholder_signals(row: pd.Series) -> None:
+    assert row["n_stakeholders"] == 2  # c1 (two roles) and c2 (added on the as_of day)
+    assert row["stakeholder_roles"] == 3
+    assert row["decision_maker_engaged"] == 1.0 and row["champion_identified"] == 1.0
+
+
+def test_amount_and_close_date_signals(row: pd.Series) -> None:
+    assert row["amount"] == 100_000.0  # the July change is later
+    assert row["amount_log1p"] == pytest.approx(np.log1p(100_000.0))
+    assert row["amount_change_count"] == 1
+    assert row["amount_change_since_creation"] == pytest.approx(100_000 / 80_000 - 1)
+    assert row["close_date_push_count"] == 2  # the pull-in is not a push; July's is later
+    assert row["close_date_slip_days"] == 30 + 41
+    assert row["days_to_expected_close"] == 31  # 31 July
+    assert row["days_left_in_quarter"] == 0  # 30 June is the quarter's last day
+    assert row["competitor_present"] == 1.0 and row["field_changes_known"] == 1.0
+
+
+def test_next_step_and_custom(row: pd.Series, data: CanonicalTables) -> None:
+    assert row["next_step_defined"] == 1.0 and row["days_to_next_step"] == 4
+    assert row["custom_industry"] == "Food"
+    b1 = compute_signals(data, [AS_OF], CFG).set_index("deal_id").loc["B1"]
+    assert b1["next_step_defined"] == 0.0 and np.isnan(b1["days_to_next_step"])
+    assert np.isnan(b1["days_since_last_activity"]) and b1["activities_total"] == 0
+    assert b1["amount_change_since_creation"] == 0.0  # never changed
+    with pytest.raises(KeyError, match="custom_nope"):
+        compute_signals(data, [AS_OF], CFG, custom=["nope"])
+
+
+def test_rep_and_team_win_rate_only_from_earlier_closes(data: CanonicalTables) -> None:
+    s = compute_signals(data, [AS_OF], CFG).set_index("deal_id")
+    # Closed by 30 June: W1 won, L1 lost (alice), L2 lost (bob); W2 closes later.
+    overall = (1 + 1) / (3 + 2)  # Laplace-smoothed overall rate as of the date
+    assert s.loc["D1", "owner_n_closed"] == 2
+    assert s.loc["D1", "owner_win_rate"] == pytest.approx((1 + 10 * overall) / (2 + 10))
+    assert s.loc["B1", "owner_win_rate"] == pytest.approx((0 + 10 * overall) / (1 + 10))
+    assert s.loc["D1", "team_win_rate"] == pytest.approx((1 + 10 * overall) / (2 + 10))
+    # cycles: W1 40 days, L1 60 days (alice), L2 30 days; overall median 40
+    alice = (2 * 50 + 5 * 40) / (2 + 5)
+    assert s.loc["D1", "owner_median_cycle_days"] == pytest.approx(alice)
+    assert s.loc["B1", "owner_median_cycle_days"] == pytest.approx((1 * 30 + 5 * 40) / 6)
+    # before any close: the prior alone (0.5) and no cycle figures
+    early = compute_signals(data, [to_timestamp("2025-01-15")], CFG).iloc[0]
+    assert early["owner_win_rate"] == 0.5 and early["owner_n_closed"] == 0
+    assert np.isnan(early["owner_median_cycle_days"])
+
+
+def test_deal_ids_restrict_rows_not_statistics(data: CanonicalTables) -> None:
+    full = compute_signals(data, [AS_OF], CFG)
+    one = compute_signals(data, [AS_OF], CFG, deal_ids=["D1"])
+    pd.testing.assert_frame_equal(one, full[full["deal_id"] == "D1"].reset_index(drop=True))
+
+
+def test_cache_reuse_gives_the_same_frames(data: CanonicalTables) -> None:
+    cache: dict[str, Any] = {}
+    dates = [to_timestamp("2025-04-20"), AS_OF]
+    first = compute_signals(data, dates[:1], CFG, cache=cache)
+    assert cache  # indexes kept
+    second = compute_signals(data, dates[1:], CFG, cache=cache)
+    fresh = compute_signals(data, dates, CFG)
+    pd.testing.assert_frame_equal(pd.concat([first, second], ignore_index=True), fresh)
+
+
+def test_registry_describes_every_output_column(data: CanonicalTables) -> None:
+    s = compute_signals(data, [AS_OF], CFG)
+    assert list(s.columns) == ["deal_id", "as_of", "owner", "team", *SIGNALS]
+    table = describe_signals()
+    assert (table["description"].str.len() > 10).all() and len(table) == len(SIGNALS)
+
+
+def test_deals_only_import_marks_history_signals_missing() -> None:
+    data = tables(
+        deals=[
+            deal(
+                "D9",
+                "2025-01-10",
+                stage="proposal",
+                observed_at="2025-06-30",
+                history_source="derived",
+                expected_close_date="2025-08-31",
+            ),
+        ],
+        stage_history=[("D9", None, "2025-01-10"), ("D9", "proposal", "2025-06-30")],
+        activities=[("D9", "call", "2025-03-01")],
+        derived=True,
+    )
+    before = compute_signals(data, [to_timestamp("2025-03-15")], CFG).iloc[0]
+    for name, spec in SIGNALS.items():
+        if spec.needs_history:
+            assert pd.isna(before[name]), name
+    assert before["history_known"] == 0 and before["field_changes_known"] == 0
+    assert before["stage_known"] == 0 and before["stage_entry_known"] == 0
+    # what events do prove is still there
+    assert before["activities_total"] == 1 and before["deal_age_days"] == 64
+    at_export = compute_signals(data, [to_timestamp("2025-06-30")], CFG).iloc[0]
+    assert at_export["stage"] == "proposal" and at_export["amount"] == 100_000.0
+    assert at_export["days_to_expected_close"] == 62
+    # seen in proposal at the export, entry unknown; change history never exported
+    assert np.isnan(at_export["days_in_stage"]) and at_export["stage_entry_known"] == 0
+    assert np.isnan(at_export["close_date_push_count"])
+    assert np.isnan(at_export["amount_change_count"])
+
+
+def test_empty_dates_give_an_empty_frame_with_the_columns(data: CanonicalTables) -> None:
+    s = compute_signals(data, [], CFG)
+    assert s.empty and "days_in_stage" in s.columns
+
+
+# --- property: events after as_of change no signal ------------------------------------------
+BASE = pd.Timestamp("2025-01-01")
+MIN = 60 * 24  # minutes per day
+OPEN = [s.key for s in CFG.open_stages]
+CATEGORIES = ["pipeline", "best_case", "commit", "omitted"]
+ROLES = ["decision_maker", "champion", "finance", "engineering"]
+TYPES = ["call", "meeting", "email", "demo", "site_visit", "proposal"]
+
+
+def _event(lo: int, hi: int) -> st.SearchStrategy[tuple[int, str, Any]]:
+    t = st.integers(lo, hi)
+    return st.one_of(
+        st.tuples(t, st.just("stage"), st.sampled_from(OPEN)),
+        st.tuples(t, st.just("amount"), st.sampled_from([50_000.0, 80_000.0, 120_000.0])),
+        st.tuples(t, st.just("expected_close_date"), st.integers(0, 400)),
+        st.tuples(t, st.just("forecast_category"), st.sampled_from(CATEGORIES)),
+        st.tuples(t, st.just("next_step"), st.sampled_from(["call back", "demo", "quote"])),
+        st.tuples(t, st.just("next_step_date"), st.integers(0, 400)),
+        st.tuples(t, st.just("activity"), st.sampled_from(TYPES)),
+        st.tuples(
+            t, st.just("stakeholder"), st.tuples(st.sampled_from("abc"), st.sampled_from(ROLES))
+        ),
+        st.tuples(t, st.just("close"), st.sampled_from(["won", "lost"])),
+    )
+
+
+@st.composite
+def _two_futures(draw: st.DrawFn) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Deals sharing every event up to as_of, each with two independent futures after it."""
+    as_of = draw(st.integers(20 * MIN, 150 * MIN))
+    horizon = as_of + 200 * MIN
+    specs_a, specs_b = [], []
+    for i in range(draw(st.integers(1, 4))):
+        created = draw(st.integers(0, as_of + 20 * MIN))
+        past = draw(st.lists(_event(created, as_of), max_size=8)) if created <= as_of else []
+        first_future = max(created, as_of + 1)
+        base = {
+            "deal_id": f"D{i}",
+            "created": created,
+            "owner": draw(st.sampled_from(["alice", "bob"])),
+            "amount": draw(st.sampled_from([40_000.0, 90_000.0])),
+            "past": past,
+        }
+        for specs in (specs_a, specs_b):
+            future = draw(st.lists(_event(first_future, horizon), max_size=8))
+            specs.append({**base, "future": future})
+    return as_of, specs_a, specs_b
+
+
+def _day(offset_days: int) -> str:
+    return (BASE + pd.Timedelta(days=offset_days)).date().isoformat()
+
+
+def _world(specs: list[dict[str, Any]]) -> CanonicalTables:
+    """Replay each deal's events in time order into consistent canonical tables."""
+    deals, sh, fh, act, stk = [], [], [], [], []
+    for spec in specs:
+        d = spec["deal_id"]
+        at = lambda m: BASE + pd.Timedelta(minutes=m)  # noqa: E731
+        cur: dict[str, Any] = {
+            "amount": spec["amount"],
+            "expected_close_date": _day(90),
+            "forecast_category": "pipeline",
+            "next_step": "intro call",
+            "next_step_date": None,
+        }
+        row = deal(
+            d,
+            at(spec["created"]),
+            owner=spec["owner"],
+            team=f"team-{spec['owner']}",
+            observed_at=at(400 * MIN),
+            **cur,
+        )
+        sh.append((d, "qualification", at(spec["created"])))
+        seen: set[tuple[str, int]] = {("stage", spec["created"])}
+        events = sorted(spec["past"] + spec["future"], key=lambda e: e[0])
+        for t, kind, value in events:
+            if (kind, t) in seen and kind not in ("activity", "stakeholder"):
+                continue
+            seen.add((kind, t))
+            if kind == "stage":
+                sh.append((d, value, at(t)))
+                row["stage"] = value
+            elif kind == "close":
+                sh.append((d, "closed_won" if value == "won" else "closed_lost", at(t)))
+                row.update(
+                    stage=f"closed_{value}",
+                    outcome=value,
+                    closed_at=at(t),
+                    loss_reason="price" if value == "lost" else None,
+                )
+                break
+            elif kind == "activity":
+                act.append((d, value, at(t)))
+            elif kind == "stakeholder":
+                stk.append((d, *value, at(t)))
+            else:
+                new = _day(value) if kind.endswith("_date") else value
+                old = cur[kind]
+                fh.append(
+                    (
+                        d,
+                        kind,
+                        None if old is None else str(old),
+                        None if new is None else str(new),
+                        at(t),
+                    )
+                )
+                cur[kind] = new
+                row[kind] = new
+        deals.append(row)
+    stk_frame = pd.DataFrame(stk, columns=["d", "c", "r", "t"]).drop_duplicates(["d", "c", "r"])
+    return tables(deals, sh, fh, act, list(stk_frame.itertuples(index=False, name=None)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_two_futures())
+def test_events_after_as_of_change_no_signal(
+    case: tuple[int, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    as_of_min, specs_a, specs_b = case
+    as_of = BASE + pd.Timedelta(minutes=as_of_min)
+    a = compute_signals(_world(specs_a), [as_of], CFG, open_only=False)
+    b = compute_signals(_world(specs_b), [as_of], CFG, open_only=False)
+    pd.testing.assert_frame_equal(a, b)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, data: CanonicalTables) -> CliRunner:
+    ctx = cli_common.Context(tables=data, stages=CFG)
+    monkeypatch.setattr(cli_common, "open_context", lambda db, stages: ctx)
+    return CliRunner()
+
+
+def test_cli_signals_table_and_json(cli: CliRunner) -> None:
+    from serving.cli import app
+
+    res = cli.invoke(app, ["signals", "--as-of", "2025-06-30"])
+    assert res.exit_code == 0, res.output
+    assert "D1" in res.output and "3 open deals" in res.output
+    res = cli.invoke(app, ["signals", "--as-of", "2025-06-30", "--owner", "bob", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    payload = json.loads(res.output)
+    assert [d["deal_id"] for d in payload["deals"]] == ["B1"]
+    assert payload["deals"][0]["owner_n_closed"] == 1
+
+
+def test_cli_signals_one_deal(cli: CliRunner) -> None:
+    from serving.cli import app
+
+    res = cli.invoke(app, ["signals", "--as-of", "2025-06-30", "--deal", "D1"])
+    assert res.exit_code == 0, res.output
+    assert "close_date_push_count" in res.output and "moved later" in res.output
+    res = cli.invoke(app, ["signals", "--as-of", "2025-01-01", "--deal", "D1"])
+    assert res.exit_code != 0 and "not open" in res.output
+    res = cli.invoke(app, ["signals", "--as-of", "yesterday-ish"])
+    assert res.exit_code != 0

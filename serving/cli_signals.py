@@ -25,18 +25,18 @@ from serving.cli_common import (
     print_json,
 )
 
-# The columns of the overview table: enough to see which deals need work.
-KEY_SIGNALS: tuple[str, ...] = (
-    "stage",
-    "days_in_stage",
-    "stage_norm_ratio",
-    "amount",
-    "days_to_expected_close",
-    "close_date_push_count",
-    "days_since_last_activity",
-    "activities_total_30d",
-    "n_stakeholders",
-    "forecast_category",
+# The columns of the overview table (signal, short header): enough to see which deals need work.
+KEY_SIGNALS: tuple[tuple[str, str], ...] = (
+    ("stage", "stage"),
+    ("days_in_stage", "days in stage"),
+    ("stage_norm_ratio", "x norm"),
+    ("amount", "amount"),
+    ("days_to_expected_close", "days to close"),
+    ("close_date_push_count", "pushes"),
+    ("days_since_last_activity", "idle days"),
+    ("activities_total_30d", "acts 30d"),
+    ("n_stakeholders", "people"),
+    ("forecast_category", "category"),
 )
 
 CustomOption = Annotated[
@@ -110,9 +110,10 @@ def signals(
             table.add_row(col, _cell(row[col]), spec.description if spec else "")
         console.print(table)
         return
-    table = Table("deal", "owner", *KEY_SIGNALS, title=f"open deals as of {when.date()}")
+    headers = [h for _, h in KEY_SIGNALS]
+    table = Table("deal", "owner", *headers, title=f"open deals as of {when.date()}")
     for _, r in frame.iterrows():
-        table.add_row(r["deal_id"], _cell(r["owner"]), *(_cell(r[c]) for c in KEY_SIGNALS))
+        table.add_row(r["deal_id"], _cell(r["owner"]), *(_cell(r[c]) for c, _ in KEY_SIGNALS))
     console.print(table)
     console.print(f"{len(frame)} open deals")
 

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from features.config import KeyedError, read_yaml, validate
 from features.schema import CUSTOM_PREFIX, TABLE_SCHEMAS, TIMESTAMP_COLUMNS, columns
-from features.stages import ConfigError
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 
@@ -159,23 +158,23 @@ class Mapping(_Strict):
                 for part in ("columns", "values", "dates", "constants", "defaults", "skip"):
                     for col in getattr(conv, part):
                         if col not in known:
-                            raise _KeyError(
+                            raise KeyedError(
                                 f"tables.{table}.{where}{part}.{col}",
                                 f"unknown column of {table}; known: {sorted(known)}",
                             )
                 for col in conv.dates:
                     if col not in TIMESTAMP_COLUMNS[table]:
-                        raise _KeyError(
+                        raise KeyedError(
                             f"tables.{table}.{where}dates.{col}", "not a date/time column"
                         )
             if tm.custom and table != "deals":
-                raise _KeyError(f"tables.{table}.custom", "custom columns exist on deals only")
+                raise KeyedError(f"tables.{table}.custom", "custom columns exist on deals only")
             if tm.collapse_repeats and table != "stage_history":
-                raise _KeyError(
+                raise KeyedError(
                     f"tables.{table}.collapse_repeats", "only stage_history can collapse repeats"
                 )
             if tm.unknown_deals == "drop" and table in ("deals", "targets"):
-                raise _KeyError(f"tables.{table}.unknown_deals", "only for history tables")
+                raise KeyedError(f"tables.{table}.unknown_deals", "only for history tables")
         return self
 
     def table(self, name: str) -> TableMapping | None:
@@ -187,44 +186,11 @@ class Mapping(_Strict):
         return {f"{CUSTOM_PREFIX}{k}": v for k, v in deals.custom.items()}
 
 
-class _KeyError(ValueError):
-    """A validation failure whose location pydantic cannot know (a cross-field check)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-def _format(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid mapping"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        ctx_err = (e.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, _KeyError):
-            lines.append(f"  {ctx_err}")
-        else:
-            lines.append(f"  {loc or '(top level)'}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_mapping(data: Any, source: str = "<mapping>") -> Mapping:
     """Validate already-parsed YAML data; ``source`` names the file in error messages."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with a 'tables' key at the top level")
-    try:
-        return Mapping.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format(source, err)) from None
+    return validate(Mapping, data, source, "mapping", "tables")
 
 
 def load_mapping(path: str | Path) -> Mapping:
     """Load and validate a mapping file; raises ``ConfigError`` naming the file and the key."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: mapping file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
-    return parse_mapping(data, str(p))
+    return parse_mapping(read_yaml(path, "mapping"), str(path))

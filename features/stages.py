@@ -13,16 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from features.config import ConfigError, parse_yaml, read_yaml, validate
 from features.schema import ActivityType, StakeholderRole
 
+__all__ = ["ConfigError", "StageConfig", "load_stage_config", "parse_stage_config"]
+
 DEFAULT_STAGES_FILE = "stages.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration file is invalid; the message names the file and the key."""
 
 
 class StageKind(StrEnum):
@@ -168,22 +166,9 @@ class StageConfig(_Frozen):
         return d.norm if d else None
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid stage configuration"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_stage_config(data: Any, source: str = "<config>") -> StageConfig:
     """Validate already-parsed YAML data; ``source`` names the file in error messages."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with a 'stages' key at the top level")
-    try:
-        return StageConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+    return validate(StageConfig, data, source, "stage configuration", "stages")
 
 
 def load_stage_config(path: str | Path | None = None) -> StageConfig:
@@ -191,13 +176,5 @@ def load_stage_config(path: str | Path | None = None) -> StageConfig:
     if path is None:
         text = resources.files("features").joinpath("data", DEFAULT_STAGES_FILE).read_text()
         source = f"<default {DEFAULT_STAGES_FILE}>"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: stage configuration file not found")
-        text, source = p.read_text(), str(p)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML: {err}") from None
-    return parse_stage_config(data, source)
+        return parse_stage_config(parse_yaml(text, source), source)
+    return parse_stage_config(read_yaml(path, "stage configuration"), str(path))

@@ -37,7 +37,8 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python benchmarks/bench_generate_load.py
+	$(BIN)/python benchmarks/bench_generate_load.py --deals 100000
+	$(BIN)/python benchmarks/bench_snapshots.py --deals 100000
 
 clean:
 	rm -rf $(DEMO) $(DEMO_DB) .pytest_cache .mypy_cache

@@ -182,6 +182,11 @@ class _EventIndex:
         """Prefix sums of per-event ``values`` (given in original row order), in key order."""
         return np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype="float64")[self.rows])])
 
+    def total(self, values: np.ndarray, code: np.ndarray, at: Any) -> np.ndarray:
+        """Sum of per-event ``values`` over each code's events stamped on or before ``at``."""
+        cs = self.cumsum(values)
+        return cs[self.end(code, at)] - cs[self.start(code)]
+
 
 def _nan_where(values: Any, mask: np.ndarray) -> pd.Series:
     out = pd.Series(values, dtype="float64")
@@ -457,9 +462,7 @@ def close_date_push_count(
     as_of: pd.Series,
     field_changes_known: pd.Series,
 ) -> pd.Series:
-    idx = close_date_index
-    cs = idx.cumsum(close_date_changes["push"].to_numpy())
-    n = cs[idx.end(deal_code, as_of)] - cs[idx.start(deal_code)]
+    n = close_date_index.total(close_date_changes["push"].to_numpy(), deal_code, as_of)
     return _nan_where(n, field_changes_known.to_numpy() == 0)
 
 
@@ -471,9 +474,7 @@ def close_date_slip_days(
     as_of: pd.Series,
     field_changes_known: pd.Series,
 ) -> pd.Series:
-    idx = close_date_index
-    cs = idx.cumsum(close_date_changes["slip_days"].to_numpy())
-    days = cs[idx.end(deal_code, as_of)] - cs[idx.start(deal_code)]
+    days = close_date_index.total(close_date_changes["slip_days"].to_numpy(), deal_code, as_of)
     return _nan_where(days, field_changes_known.to_numpy() == 0)
 
 

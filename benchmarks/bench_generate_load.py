@@ -10,13 +10,11 @@ files straight into tables with no mapping, validation or history logic (the I/O
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from harness import run_child
 
 PHASES = {
     "generate": """
@@ -55,20 +53,7 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "rows": rows}}))
 
 def run_phase(name: str, **fmt: object) -> dict:
     code = RUNNER.format(body=textwrap.indent(textwrap.dedent(PHASES[name].format(**fmt)), ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parents[1],
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"phase {name} failed ({status})")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    return result
+    return run_child(name, code)
 
 
 def main() -> None:

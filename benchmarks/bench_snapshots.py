@@ -12,16 +12,15 @@ ratio is what the signal and label work costs on top of rebuilding the deal stat
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from datetime import date
 from pathlib import Path
+
+from harness import run_child
 
 START, END = date(2023, 1, 1), date(2025, 12, 31)
 
@@ -55,20 +54,7 @@ print(json.dumps({{"seconds": seconds, "rows": len(frame), "columns": frame.shap
 def run_phase(name: str, data: str) -> dict:
     body = textwrap.dedent(PHASES[name].format(start=START.isoformat(), end=END.isoformat()))
     code = RUNNER.format(data=data, body=body)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parents[1],
-    )
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"phase {name} failed ({status})")
-    result: dict = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    return result
+    return run_child(name, code)
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 For each open deal at or above ``min_amount`` (default ``stages.hygiene.review_min_amount``; a
 deal of exactly the threshold is in): its status, what changed in the last week (stage and
-tracked-field changes stamped in ``(as_of - 7 days, as_of]``), next step, last week's activities,
-hygiene flags, and rule-based risk notes. Models replace the notes in a later issue; these rules
-are the seed's red flags made explicit (see :func:`_risk_notes`).
+tracked-field changes stamped in ``(as_of - 7 days, as_of]``, one net change per field: first old
+value -> last new value, fields that ended where they started left out), next step, last week's
+activities, hygiene flags, and rule-based risk notes. Models replace the notes in a later issue;
+these rules are the seed's red flags made explicit (see :func:`_risk_notes`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ SortKey = Literal["amount", "expected_close"]
 
 
 @dataclass(frozen=True)
-class Change:
-    """One stage or field change in the review week."""
+class FieldChange:
+    """A field's net change over the review week: value before its first change -> after its last.
 
-    at: datetime
+    ``path`` lists the stages a deal passed through (oldest first) when the stage moved more than
+    once in the week; it is empty otherwise and for other fields.
+    """
+
     field: str
     old: str | None
     new: str | None
+    changes: int
+    last_at: datetime
+    path: list[str | None]
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class ReviewDeal:
     next_step_date: date | None
     days_in_stage: int | None
     last_activity: date | None
-    changes: list[Change]
+    changes: list[FieldChange]
     activities_last_week: dict[str, int]
     flags: list[HygieneFlag]
     risk_notes: list[str]
@@ -94,9 +101,12 @@ def _opt_date(value: Any) -> date | None:
 
 def _week_changes(
     tables: CanonicalTables, ids: pd.Series, start: pd.Timestamp, as_of: pd.Timestamp
-) -> dict[str, list[Change]]:
-    """Stage and tracked-field changes stamped in ``(start, as_of]``, per deal, oldest first."""
-    out: dict[str, list[Change]] = defaultdict(list)
+) -> dict[str, list[FieldChange]]:
+    """Net stage and tracked-field changes stamped in ``(start, as_of]``, per deal.
+
+    Ordered by last change, oldest first; a field whose last new value equals its first old value
+    is left out.
+    """
     sh = scoped_events(tables.stage_history, "entered_at", as_of, ids)
     sh = sh.sort_values(["deal_id", "entered_at"], kind="stable")
     prev = sh.groupby("deal_id")["stage"].shift(1)
@@ -123,13 +133,25 @@ def _week_changes(
         }
     )
     rows = pd.concat([stage_rows, field_rows], ignore_index=True).sort_values(
-        ["deal_id", "at", "field"], kind="stable"
+        ["deal_id", "field", "at"], kind="stable"
     )
     stamps = list(pd.to_datetime(rows["at"]).dt.to_pydatetime())
+    # (deal, field) -> [(at, old, new), ...] oldest first; dicts keep first-seen order.
+    runs: dict[tuple[str, str], list[tuple[datetime, str | None, str | None]]] = defaultdict(list)
     for d, at, fld, old, new in zip(
         rows["deal_id"], stamps, rows["field"], rows["old"], rows["new"], strict=True
     ):
-        out[str(d)].append(Change(at, str(fld), _opt_str(old), _opt_str(new)))
+        runs[(str(d), str(fld))].append((at, _opt_str(old), _opt_str(new)))
+
+    out: dict[str, list[FieldChange]] = defaultdict(list)
+    for (d, fld), run in runs.items():
+        first_old, last_new = run[0][1], run[-1][2]
+        if first_old == last_new:
+            continue
+        path = [first_old, *(new for _, _, new in run)] if fld == "stage" and len(run) > 1 else []
+        out[d].append(FieldChange(fld, first_old, last_new, len(run), run[-1][0], path))
+    for summaries in out.values():
+        summaries.sort(key=lambda c: (c.last_at, c.field))
     return out
 
 

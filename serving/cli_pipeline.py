@@ -1,10 +1,12 @@
 """CLI commands for pipeline metrics, hygiene flags and the weekly review pack.
 
-``pipecast metrics|hygiene|review --as-of D``: rich tables in a terminal, JSON with ``--json``.
+``pipecast metrics|hygiene|review --as-of D``: rich tables in a terminal, JSON with ``--json``;
+``metrics --plot FILE.png`` also draws the pipeline health plot.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,6 +30,13 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None, fmt: str = ".0f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _net_change(c: Any) -> str:
+    """One line per field: last change date, net change (stage path if it moved more than once)."""
+    moves = " -> ".join(str(v) for v in c.path) if c.path else f"{c.old} -> {c.new}"
+    times = f" ({c.changes}x)" if c.changes > 1 else ""
+    return f"{c.last_at:%m-%d} {c.field}: {moves}{times}"
 
 
 def _print_metrics(m: Any) -> None:
@@ -140,17 +149,29 @@ def metrics(
     db: DbOption = cli_common.DEFAULT_DB,
     stages: StagesOption = None,
     json: JsonOption = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="also write a PNG of funnel, time in stage and coverage"),
+    ] = None,
 ) -> None:
     """Pipeline metrics as of a date: coverage, weighted, conversion, cycle, win rate..."""
     from features.metrics import compute_metrics
 
     when = cli_common.parse_as_of(as_of)
+    if plot is not None and not plot.parent.is_dir():
+        raise cli_common.fail(f"--plot: no such directory {plot.parent}")
     ctx = cli_common.open_context(db, stages)
     result = compute_metrics(ctx.tables, ctx.stages, when, team=team, owner=owner)
     if json:
         cli_common.print_json(result.to_dict())
     else:
         _print_metrics(result)
+    if plot is not None:
+        from serving.plots import plot_pipeline
+
+        written = plot_pipeline(result, ctx.stages, plot)
+        # stderr with --json, so stdout stays one parseable document
+        typer.echo(f"plot written to {written}", err=json)
 
 
 def hygiene(
@@ -241,7 +262,7 @@ def review(
         ),
     )
     for d in pack.deals:
-        changes = "\n".join(f"{c.at:%m-%d} {c.field}: {c.old} -> {c.new}" for c in d.changes)
+        changes = "\n".join(_net_change(c) for c in d.changes)
         step = f"{d.next_step or '-'} ({d.next_step_date or 'no date'})"
         table.add_row(
             d.deal_id,

@@ -1,13 +1,16 @@
 """``pipecast metrics|hygiene|review``: tables in a terminal and JSON with --json, on a fixture."""
 
 import json
+from datetime import datetime
 
 import pytest
 from typer.testing import CliRunner
 
+from features.review import FieldChange
 from features.stages import load_stage_config
 from serving import cli_common
 from serving.cli import app
+from serving.cli_pipeline import _net_change
 from tests.factory import deal, tables
 
 CFG = load_stage_config()
@@ -65,6 +68,22 @@ def test_metrics_table_and_json():
     assert team["team"] == "south" and team["open_pipeline"]["count"] == 1
 
 
+def test_metrics_plot(tmp_path):
+    png = tmp_path / "health.png"
+    out = run("metrics", "--as-of", "2025-06-15", "--plot", str(png))
+    assert f"plot written to {png}" in out and "coverage" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 30_000
+    # With --json the notice goes to stderr: stdout stays one JSON document.
+    result = runner.invoke(
+        app, ["metrics", "--as-of", "2025-06-15", "--json", "--plot", str(tmp_path / "j.png")]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["coverage"]["ratio"] == 3.5
+    assert "plot written to" in result.stderr and (tmp_path / "j.png").exists()
+    bad = runner.invoke(app, ["metrics", "--as-of", "2025-06-15", "--plot", "/no/such/dir/p.png"])
+    assert bad.exit_code != 0 and "no such directory" in bad.output
+
+
 def test_hygiene_table_and_json(context):
     out = run("hygiene", "--as-of", "2025-06-15", "--db", "x.duckdb")
     assert context["db"] == "x.duckdb"
@@ -79,7 +98,28 @@ def test_review_table_and_json():
     assert "D1" in out and "D2" not in out  # 50k is below the 100k default
     payload = json.loads(run("review", "--as-of", "2025-06-15", "--min-amount", "10000", "--json"))
     assert [d["deal_id"] for d in payload["deals"]] == ["D1", "D2"]
-    assert payload["deals"][0]["changes"][0]["new"] == "proposal"
+    # one stage move in the week: its net change, counted once, no path
+    assert payload["deals"][0]["changes"] == [
+        {
+            "field": "stage",
+            "old": "qualification",
+            "new": "proposal",
+            "changes": 1,
+            "last_at": "2025-06-12T00:00:00",
+            "path": [],
+        }
+    ]
+
+
+def test_review_net_change_lines():
+    at = datetime(2025, 6, 13, 16, 45)
+    once = FieldChange("amount", "120000.0", "150000.0", 1, at, [])
+    assert _net_change(once) == "06-13 amount: 120000.0 -> 150000.0"
+    moved = FieldChange("stage", "qualification", "proposal", 2, at,
+                        ["qualification", "needs_analysis", "proposal"])  # fmt: skip
+    assert _net_change(moved) == "06-13 stage: qualification -> needs_analysis -> proposal (2x)"
+    step = FieldChange("next_step", "intro", "call", 3, at, [])
+    assert _net_change(step) == "06-13 next_step: intro -> call (3x)"
 
 
 def test_bad_arguments():

@@ -1,4 +1,4 @@
-"""The weekly review pack: threshold, last week's changes, risk notes, order, JSON, point in time.
+"""The weekly review pack: threshold, net changes of the week, risks, order, JSON, point in time.
 
 As of 2025-06-15 the review week is 2025-06-09..2025-06-15 (changes stamped after the end of
 8 June).
@@ -35,7 +35,7 @@ def build(extra_fields=(), extra_acts=(), extra_history=()):
         ],
         stage_history=[
             ("R1", "qualification", "2025-03-01"),
-            ("R1", "needs_analysis", "2025-04-01"),
+            ("R1", "needs_analysis", "2025-06-09"),  # two stage moves in the week
             ("R1", "proposal", "2025-06-10"),
             ("R2", "qualification", "2025-05-01"),
             ("R3", "qualification", "2025-05-01"),
@@ -45,12 +45,22 @@ def build(extra_fields=(), extra_acts=(), extra_history=()):
             ("R5", "negotiation", "2025-03-01"),
             *extra_history,
         ],
+        # stamps carry a time (one format for the whole column)
         field_history=[
-            ("R1", "expected_close_date", "2025-06-30", "2025-07-31", "2025-06-05"),
-            ("R1", "expected_close_date", "2025-07-31", "2025-08-31", "2025-06-14"),
-            ("R1", "amount", "120000.0", "150000.0", "2025-06-12"),
-            ("R1", "forecast_category", "pipeline", "best_case", "2025-06-08"),  # outside week
-            ("R1", "forecast_category", "commit", "best_case", "2025-06-09"),
+            ("R1", "expected_close_date", "2025-06-30", "2025-07-31", "2025-06-05 00:00"),
+            ("R1", "expected_close_date", "2025-07-31", "2025-08-31", "2025-06-14 00:00"),
+            ("R1", "amount", "120000.0", "150000.0", "2025-06-12 00:00"),
+            # outside the week
+            ("R1", "forecast_category", "pipeline", "best_case", "2025-06-08 00:00"),
+            ("R1", "forecast_category", "commit", "best_case", "2025-06-09 00:00"),
+            # R1's next step changes twice and ends where it started: no net change
+            ("R1", "next_step", "call", "demo", "2025-06-10 09:00"),
+            ("R1", "next_step", "demo", "call", "2025-06-11 17:30"),
+            # R2's next step changes three times in the week (and once before it)
+            ("R2", "next_step", "kickoff", "intro", "2025-06-05 00:00"),
+            ("R2", "next_step", "intro", "demo", "2025-06-10 08:00"),
+            ("R2", "next_step", "demo", "pricing", "2025-06-11 10:00"),
+            ("R2", "next_step", "pricing", "call", "2025-06-13 16:45"),
             *extra_fields,
         ],
         activities=[
@@ -89,18 +99,35 @@ def test_threshold_and_order(pack):
 
 def test_changes_in_the_last_week(pack):
     r1 = next(d for d in pack.deals if d.deal_id == "R1")
-    got = [(c.at.date().isoformat(), c.field, c.old, c.new) for c in r1.changes]
+    got = [(c.last_at.isoformat(), c.field, c.old, c.new, c.changes, c.path) for c in r1.changes]
+    # One net change per field, by last change; next_step went call -> demo -> call: left out.
     assert got == [
-        ("2025-06-09", "forecast_category", "commit", "best_case"),
-        ("2025-06-10", "stage", "needs_analysis", "proposal"),
-        ("2025-06-12", "amount", "120000.0", "150000.0"),
-        ("2025-06-14", "expected_close_date", "2025-07-31", "2025-08-31"),
+        ("2025-06-09T00:00:00", "forecast_category", "commit", "best_case", 1, []),
+        (
+            "2025-06-10T00:00:00",
+            "stage",
+            "qualification",
+            "proposal",
+            2,
+            ["qualification", "needs_analysis", "proposal"],
+        ),
+        ("2025-06-12T00:00:00", "amount", "120000.0", "150000.0", 1, []),
+        ("2025-06-14T00:00:00", "expected_close_date", "2025-07-31", "2025-08-31", 1, []),
     ]
     assert r1.activities_last_week == {"call": 2, "meeting": 1}
     assert r1.stage_label == "3 Proposal / Quote" and r1.days_in_stage == 5
     assert r1.last_activity == date(2025, 6, 13)
     r5 = pack.deals[0]
     assert r5.changes == [] and r5.activities_last_week == {}
+
+
+def test_three_changes_net_to_first_old_and_last_new(pack):
+    r2 = next(d for d in pack.deals if d.deal_id == "R2")
+    assert len(r2.changes) == 1
+    (c,) = r2.changes
+    # The 5 June change is before the week: the week starts from "intro".
+    assert (c.field, c.old, c.new, c.changes) == ("next_step", "intro", "call", 3)
+    assert c.last_at.isoformat() == "2025-06-13T16:45:00" and c.path == []
 
 
 def test_risk_notes_and_flags(pack):
@@ -128,18 +155,31 @@ def test_json_parses(pack):
     r1 = payload["deals"][1]
     assert r1["expected_close_date"] == "2025-08-31"
     assert r1["changes"][1] == {
-        "at": "2025-06-10T00:00:00",
         "field": "stage",
-        "old": "needs_analysis",
+        "old": "qualification",
         "new": "proposal",
+        "changes": 2,
+        "last_at": "2025-06-10T00:00:00",
+        "path": ["qualification", "needs_analysis", "proposal"],
     }
+    assert [c["field"] for c in r1["changes"]] == [
+        "forecast_category",
+        "stage",
+        "amount",
+        "expected_close_date",
+    ]
+    assert payload["deals"][2]["changes"][0]["changes"] == 3
     assert r1["risk_note"].startswith("close date pushed 2 times")
     assert payload["deals"][0]["flags"][0]["rule"] in {r.value for r in Rule}
 
 
 def test_later_events_change_nothing(pack):
     later = build(
-        extra_fields=[("R1", "amount", "150000.0", "90000.0", "2025-06-16")],
+        extra_fields=[
+            ("R1", "amount", "150000.0", "90000.0", "2025-06-16 00:00"),
+            ("R1", "next_step", "call", "send contract", "2025-06-16 00:00"),
+            ("R2", "next_step", "call", "intro", "2025-06-17 00:00"),  # would net R2 to nil
+        ],
         extra_acts=[("R5", "call", "2025-06-16"), ("R1", "demo", "2025-06-20")],
         extra_history=[("R2", "needs_analysis", "2025-06-16")],
     )

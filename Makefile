@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/pipecast generate --deals 3000 --seed 7 --out $(DEMO)
 	$(BIN)/pipecast load $(DEMO) --db $(DEMO_DB)
 	$(BIN)/pipecast summary --db $(DEMO_DB)
-	$(BIN)/pipecast metrics --as-of $(AS_OF) --db $(DEMO_DB)
+	$(BIN)/pipecast metrics --as-of $(AS_OF) --db $(DEMO_DB) --plot demo-pipeline.png
 	$(BIN)/pipecast review --as-of $(AS_OF) --min-amount 750000 --db $(DEMO_DB)
 	$(BIN)/pipecast hygiene --as-of $(AS_OF) --db $(DEMO_DB) | tail -n 8
 
@@ -41,4 +41,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_snapshots.py --deals 100000
 
 clean:
-	rm -rf $(DEMO) $(DEMO_DB) .pytest_cache .mypy_cache
+	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png .pytest_cache .mypy_cache

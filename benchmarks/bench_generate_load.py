@@ -18,7 +18,7 @@ from harness import run_child
 
 PHASES = {
     "generate": """
-        from features.generator import generate, write_dataset
+        from features.synthetic.generator import generate, write_dataset
         data = generate({n}, seed=1)
         write_dataset(data, Path({data!r}), "parquet")
         rows = {{name: len(f) for name, f in data.tables.items()}}
@@ -33,8 +33,8 @@ PHASES = {
         con.close()
     """,
     "load": """
-        from features.importer import read_export
-        from features.store import Store
+        from features.data.importer import read_export
+        from features.data.store import Store
         with Store({db!r}) as store:
             result = read_export({data!r}, known_deal_ids=store.deal_ids())
             store.load(result.tables)

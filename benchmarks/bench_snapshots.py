@@ -1,10 +1,10 @@
 """Benchmark: weekly training snapshots (signals + labels) for N deals over 3 years.
 
-The dataset is generated once (``features.generator.generate``) and pickled; each phase then runs
-in its own child process so its peak RSS is its own (os.wait4). Speed is reported as rows/s and as
-a ratio against a baseline measured in the same run on the same grid of (deal, Monday) rows: the
-plain point-in-time rebuild ``deal_states(..., open_only=True)`` that the signals build on. The
-ratio is what the signal and label work costs on top of rebuilding the deal states.
+The dataset is generated once (``features.synthetic.generator.generate``) and pickled; each phase
+then runs in its own child process so its peak RSS is its own (os.wait4). Speed is reported as
+rows/s and as a ratio against a baseline measured in the same run on the same grid of (deal, Monday)
+rows: the plain point-in-time rebuild ``deal_states(..., open_only=True)`` that the signals build
+on. The ratio is what the signal and label work costs on top of rebuilding the deal states.
 
     python benchmarks/bench_snapshots.py --deals 100000
 """
@@ -26,19 +26,19 @@ START, END = date(2023, 1, 1), date(2025, 12, 31)
 
 PHASES = {
     "baseline_deal_states": """
-        from features.pointintime import deal_states
-        from features.snapshots import snapshot_dates
+        from features.signals.pointintime import deal_states
+        from features.signals.snapshots import snapshot_dates
         frame = deal_states(tables, snapshot_dates({start!r}, {end!r}), cfg, open_only=True)
     """,
     "snapshots": """
-        from features.snapshots import build_snapshots
+        from features.signals.snapshots import build_snapshots
         frame = build_snapshots(tables, cfg, start={start!r}, end={end!r})
     """,
 }
 
 RUNNER = """
 import json, pickle, resource, time
-from features.stages import load_stage_config
+from features.data.stages import load_stage_config
 with open({data!r}, "rb") as fh:
     tables = pickle.load(fh)
 cfg = load_stage_config()
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parents[1]))
-    from features.generator import generate
+    from features.synthetic.generator import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

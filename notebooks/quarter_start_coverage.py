@@ -20,10 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from features.calendar import quarter_bounds, to_timestamp
-from features.generator import generate
-from features.metrics import compute_metrics
-from features.stages import load_stage_config
+from features.data.calendar import quarter_bounds, to_timestamp
+from features.data.stages import load_stage_config
+from features.pipeline.metrics import compute_metrics
+from features.synthetic.generator import generate
 
 N_DEALS = int(os.environ.get("PIPECAST_NOTEBOOK_DEALS", "4000"))
 OUT = Path(os.environ.get("PIPECAST_NOTEBOOK_OUT", tempfile.gettempdir()))

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.schema import CanonicalTables, columns, empty_frame
+from features.data.schema import CanonicalTables, columns, empty_frame
 
 DEAL_DEFAULTS: dict[str, Any] = {
     "account": "ACME",

@@ -6,11 +6,11 @@ from datetime import datetime
 import pytest
 from typer.testing import CliRunner
 
-from features.review import FieldChange
-from features.stages import load_stage_config
-from serving import cli_common
+from features.data.stages import load_stage_config
+from features.pipeline.review import FieldChange
 from serving.cli import app
-from serving.cli_pipeline import _net_change
+from serving.cli import common as cli_common
+from serving.cli.pipeline import _net_change
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.generator import GeneratedData, generate, write_dataset
-from features.schema import TRACKED_FIELDS, CanonicalTables, LossReason
-from features.stages import StageConfig, load_stage_config
+from features.data.schema import TRACKED_FIELDS, CanonicalTables, LossReason
+from features.data.stages import StageConfig, load_stage_config
+from features.synthetic.generator import GeneratedData, generate, write_dataset
 
 SEED = 11
 N = 2500

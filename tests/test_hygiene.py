@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from features.calendar import to_timestamp
-from features.hygiene import Rule, Severity, hygiene_flags, stage_outliers
-from features.stages import load_stage_config
+from features.data.calendar import to_timestamp
+from features.data.stages import load_stage_config
+from features.pipeline.hygiene import Rule, Severity, hygiene_flags, stage_outliers
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

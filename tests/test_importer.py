@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from features.importer import ImportProblem, ImportValidationError, read_export
-from features.mapping import load_mapping
-from features.schema import columns
-from features.stages import load_stage_config
+from features.data.importer import ImportProblem, ImportValidationError, read_export
+from features.data.mapping import load_mapping
+from features.data.schema import columns
+from features.data.stages import load_stage_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MAPPINGS = Path(__file__).resolve().parents[1] / "features" / "mappings"
+MAPPINGS = Path(__file__).resolve().parents[1] / "features" / "data" / "mappings"
 SF = "0065g00000AAA0"  # Salesforce opportunity id prefix of the fixture
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from features.mapping import load_mapping, parse_mapping
-from features.stages import ConfigError, load_stage_config
+from features.data.mapping import load_mapping, parse_mapping
+from features.data.stages import ConfigError, load_stage_config
 
-MAPPINGS = Path(__file__).resolve().parents[1] / "features" / "mappings"
+MAPPINGS = Path(__file__).resolve().parents[1] / "features" / "data" / "mappings"
 
 
 def _sf_data() -> dict[str, Any]:

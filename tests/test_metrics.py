@@ -12,19 +12,19 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from features.calendar import to_timestamp
-from features.generator import generate
-from features.hygiene import hygiene_flags
-from features.metrics import (
+from features.data.calendar import to_timestamp
+from features.data.schema import TRACKED_FIELDS, CanonicalTables
+from features.data.stages import load_stage_config, parse_stage_config
+from features.pipeline.hygiene import hygiene_flags
+from features.pipeline.metrics import (
     StageConversion,
     _coverage_band,
     _funnel,
     compute_metrics,
 )
-from features.pointintime import deal_states_as_of
-from features.review import review_pack
-from features.schema import TRACKED_FIELDS, CanonicalTables
-from features.stages import load_stage_config, parse_stage_config
+from features.pipeline.review import review_pack
+from features.signals.pointintime import deal_states_as_of
+from features.synthetic.generator import generate
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from features.calendar import to_timestamp
-from features.metrics import compute_metrics
-from features.stages import load_stage_config
-from serving.plots import plot_pipeline
+from features.data.calendar import to_timestamp
+from features.data.stages import load_stage_config
+from features.pipeline.metrics import compute_metrics
+from features.pipeline.plots import plot_pipeline
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

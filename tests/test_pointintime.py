@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from features.calendar import quarter_bounds, quarter_of, to_timestamp
-from features.pointintime import deal_states, deal_states_as_of
-from features.stages import load_stage_config
+from features.data.calendar import quarter_bounds, quarter_of, to_timestamp
+from features.data.stages import load_stage_config
+from features.signals.pointintime import deal_states, deal_states_as_of
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

@@ -9,10 +9,10 @@ from datetime import date
 
 import pytest
 
-from features.calendar import to_timestamp
-from features.hygiene import Rule
-from features.review import review_pack
-from features.stages import load_stage_config
+from features.data.calendar import to_timestamp
+from features.data.stages import load_stage_config
+from features.pipeline.hygiene import Rule
+from features.pipeline.review import review_pack
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from features.calendar import to_timestamp
-from features.schema import CanonicalTables
+from features.data.calendar import to_timestamp
+from features.data.schema import CanonicalTables
+from features.data.stages import load_stage_config
 from features.signals import SIGNALS, compute_signals, describe_signals
-from features.stages import load_stage_config
-from serving import cli_common
+from serving.cli import common as cli_common
 from tests.factory import deal, tables
 
 CFG = load_stage_config()

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.calendar import to_timestamp
-from features.pointintime import deal_states
-from features.schema import CanonicalTables
+from features.data.calendar import to_timestamp
+from features.data.schema import CanonicalTables
+from features.data.stages import load_stage_config
 from features.signals import SIGNALS, compute_signals
-from features.snapshots import LABELS, build_snapshots, outcome_labels, snapshot_dates
-from features.stages import load_stage_config
-from serving import cli_common
+from features.signals.pointintime import deal_states
+from features.signals.snapshots import LABELS, build_snapshots, outcome_labels, snapshot_dates
+from serving.cli import common as cli_common
 from tests.factory import deal, tables
 
 CFG = load_stage_config()
@@ -161,7 +161,7 @@ def test_no_dates_in_range_gives_empty_frame_with_columns() -> None:
 
 
 def test_generated_data_labels_are_consistent() -> None:
-    from features.generator import generate
+    from features.synthetic.generator import generate
 
     data = generate(300, seed=5).tables
     s = build_snapshots(data, CFG, start="2023-01-01", end="2025-12-31", freq="4W-MON")

@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from features.stages import ConfigError, load_stage_config, parse_stage_config
+from features.data.stages import ConfigError, load_stage_config, parse_stage_config
 
 
 def _default_data() -> dict:
     from importlib import resources
 
-    return yaml.safe_load(resources.files("features").joinpath("data", "stages.yaml").read_text())
+    return yaml.safe_load(resources.files("features.data").joinpath("stages.yaml").read_text())
 
 
 def test_default_config_holds_the_seed_stages():

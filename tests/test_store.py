@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.importer import ImportValidationError, read_export
-from features.schema import CanonicalTables
-from features.store import DEFAULT_DB, Store
+from features.data.importer import ImportValidationError, read_export
+from features.data.schema import CanonicalTables
+from features.data.store import DEFAULT_DB, Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 JUNE = datetime(2024, 6, 1)

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from serving import cli_common
-from serving.cli_common import AsOfOption, DbOption, JsonOption, StagesOption
+from serving.cli import common as cli_common
+from serving.cli.common import AsOfOption, DbOption, JsonOption, StagesOption
 
 TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
 OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
@@ -155,7 +155,7 @@ def metrics(
     ] = None,
 ) -> None:
     """Pipeline metrics as of a date: coverage, weighted, conversion, cycle, win rate..."""
-    from features.metrics import compute_metrics
+    from features.pipeline.metrics import compute_metrics
 
     when = cli_common.parse_as_of(as_of)
     if plot is not None and not plot.parent.is_dir():
@@ -167,7 +167,7 @@ def metrics(
     else:
         _print_metrics(result)
     if plot is not None:
-        from serving.plots import plot_pipeline
+        from features.pipeline.plots import plot_pipeline
 
         written = plot_pipeline(result, ctx.stages, plot)
         # stderr with --json, so stdout stays one parseable document
@@ -183,8 +183,8 @@ def hygiene(
     json: JsonOption = False,
 ) -> None:
     """Hygiene flags of open deals as of a date (zombie deals, missing next steps, ...)."""
-    from features.hygiene import hygiene_flags, stage_outliers
-    from features.metrics import jsonable
+    from features.pipeline.hygiene import hygiene_flags, stage_outliers
+    from features.pipeline.metrics import jsonable
 
     when = cli_common.parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
@@ -226,7 +226,7 @@ def review(
     json: JsonOption = False,
 ) -> None:
     """The weekly pipeline review pack: big open deals, last week's changes, risks."""
-    from features.review import review_pack
+    from features.pipeline.review import review_pack
 
     if sort_by not in ("amount", "expected_close"):
         raise cli_common.fail(f"--sort: expected 'amount' or 'expected_close', got {sort_by!r}")

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from features.calendar import to_timestamp
-from features.schema import CanonicalTables
-from features.stages import ConfigError, StageConfig, load_stage_config
+from features.data.calendar import to_timestamp
+from features.data.schema import CanonicalTables
+from features.data.stages import ConfigError, StageConfig, load_stage_config
 
 DbOption = Annotated[str, typer.Option("--db", help="DuckDB store file", envvar="PIPECAST_DB")]
 StagesOption = Annotated[
@@ -58,7 +58,7 @@ def open_context(db: str, stages: str | None) -> Context:
     """Read every table of the store (read-only use) and the stage configuration."""
     from pathlib import Path
 
-    from features.store import Store
+    from features.data.store import Store
 
     if not Path(db).exists():
         raise fail(f"{db}: no such store; run `pipecast load DIR --db {db}` first")

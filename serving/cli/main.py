@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from features.calendar import to_timestamp
-from features.stages import ConfigError
-from serving.cli_common import (
+from features.data.calendar import to_timestamp
+from features.data.stages import ConfigError
+from serving.cli.common import (
     DEFAULT_DB,
     DbOption,
     StagesOption,
@@ -60,8 +60,8 @@ def generate(
     """Generate a synthetic manufacturing B2B pipeline (canonical tables plus its known truth)."""
     from rich.progress import Progress
 
-    from features.generator import generate as run_generator
-    from features.generator import write_dataset
+    from features.synthetic.generator import generate as run_generator
+    from features.synthetic.generator import write_dataset
 
     if fmt not in ("parquet", "csv"):
         raise fail(f"--format must be parquet or csv, got {fmt!r}")
@@ -97,9 +97,9 @@ def load(
     ] = None,
 ) -> None:
     """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing."""
-    from features.importer import ImportValidationError, read_export
-    from features.mapping import load_mapping
-    from features.store import Store
+    from features.data.importer import ImportValidationError, read_export
+    from features.data.mapping import load_mapping
+    from features.data.store import Store
 
     config = load_stages(stages)
     try:
@@ -155,7 +155,8 @@ def summary(db: DbOption = DEFAULT_DB, stages: StagesOption = None) -> None:
 
 
 def _register_commands() -> None:
-    from serving import cli_pipeline, cli_signals
+    from serving.cli import pipeline as cli_pipeline
+    from serving.cli import signals as cli_signals
 
     cli_signals.register(app)
     cli_pipeline.register(app)

@@ -1,7 +1,8 @@
 """Pipeline metrics as of a date: the seed's metrics table, computed point-in-time.
 
-Every number is built from :func:`features.pointintime.deal_states_as_of` (deals as they stood at
-``as_of``) and from events stamped on or before ``as_of``; nothing known only later is read.
+Every number is built from :func:`features.signals.pointintime.deal_states_as_of` (deals as they
+stood at ``as_of``) and from events stamped on or before ``as_of``; nothing known only later is
+read.
 
 Definitions (days are whole calendar days; "window" is the trailing ``window_days`` ending at
 ``as_of``, reported as first and last day in the output):
@@ -47,10 +48,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.calendar import quarter_bounds, quarter_of
-from features.pointintime import deal_states_as_of, events_as_of
-from features.schema import ActivityType, CanonicalTables, Outcome, TargetScope
-from features.stages import StageConfig
+from features.data.calendar import quarter_bounds, quarter_of
+from features.data.schema import ActivityType, CanonicalTables, Outcome, TargetScope
+from features.data.stages import StageConfig
+from features.signals.pointintime import deal_states_as_of, events_as_of
 
 WINDOW_DAYS = 365
 # The seed: ">6x: your amount estimates are probably too optimistic".

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.config import ConfigError, parse_yaml, read_yaml, validate
-from features.schema import ActivityType, StakeholderRole
+from features.data.config import ConfigError, parse_yaml, read_yaml, validate
+from features.data.schema import ActivityType, StakeholderRole
 
 __all__ = ["ConfigError", "StageConfig", "load_stage_config", "parse_stage_config"]
 
@@ -174,7 +174,7 @@ def parse_stage_config(data: Any, source: str = "<config>") -> StageConfig:
 def load_stage_config(path: str | Path | None = None) -> StageConfig:
     """Load a user stage file, or the packaged default when ``path`` is None."""
     if path is None:
-        text = resources.files("features").joinpath("data", DEFAULT_STAGES_FILE).read_text()
+        text = resources.files("features.data").joinpath(DEFAULT_STAGES_FILE).read_text()
         source = f"<default {DEFAULT_STAGES_FILE}>"
         return parse_stage_config(parse_yaml(text, source), source)
     return parse_stage_config(read_yaml(path, "stage configuration"), str(path))

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from serving import cli_common
-from serving.cli_common import (
+from serving.cli import common as cli_common
+from serving.cli.common import (
     DEFAULT_DB,
     AsOfOption,
     DbOption,
@@ -130,7 +130,7 @@ def snapshots(
     """Write labelled training snapshots (open deals at each date, signals and outcomes)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from features.snapshots import build_snapshots
+    from features.signals.snapshots import build_snapshots
 
     start_ts, end_ts = parse_as_of(start), parse_as_of(end)
     if end_ts < start_ts:

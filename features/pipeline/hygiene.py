@@ -37,10 +37,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.calendar import quarter_bounds, quarter_of
-from features.metrics import days_between, jsonable, last_activity, scoped_events, scoped_states
-from features.schema import TRACKED_FIELDS, CanonicalTables
-from features.stages import StageConfig
+from features.data.calendar import quarter_bounds, quarter_of
+from features.data.schema import TRACKED_FIELDS, CanonicalTables
+from features.data.stages import StageConfig
+from features.pipeline.metrics import (
+    days_between,
+    jsonable,
+    last_activity,
+    scoped_events,
+    scoped_states,
+)
 
 CLEANUP_WINDOW_DAYS = 14
 

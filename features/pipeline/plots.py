@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from features.metrics import PipelineMetrics
-    from features.stages import StageConfig
+    from features.data.stages import StageConfig
+    from features.pipeline.metrics import PipelineMetrics
 
 _OPEN = "#4c72b0"
 _REACH = "#c6d4ea"

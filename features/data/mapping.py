@@ -1,4 +1,4 @@
-"""Mapping files: how a foreign CRM export becomes the canonical tables of ``features.schema``.
+"""Mapping files: how a foreign CRM export becomes the canonical tables of ``features.data.schema``.
 
 A mapping is a user-edited YAML file. It names the source file(s) of each canonical table, renames
 columns, converts values (stage names, outcomes, roles, activity types, field names), declares
@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.config import KeyedError, read_yaml, validate
-from features.schema import CUSTOM_PREFIX, TABLE_SCHEMAS, TIMESTAMP_COLUMNS, columns
+from features.data.config import KeyedError, read_yaml, validate
+from features.data.schema import CUSTOM_PREFIX, TABLE_SCHEMAS, TIMESTAMP_COLUMNS, columns
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 

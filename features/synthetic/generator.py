@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from features.schema import (
+from features.data.schema import (
     TRACKED_FIELDS,
     CanonicalTables,
     ForecastCategory,
@@ -32,7 +32,7 @@ from features.schema import (
     StakeholderRole,
     TargetScope,
 )
-from features.stages import StageConfig, load_stage_config
+from features.data.stages import StageConfig, load_stage_config
 
 FloatArr = npt.NDArray[np.float64]
 IntArr = npt.NDArray[np.int64]

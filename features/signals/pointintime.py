@@ -23,8 +23,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from features.schema import TRACKED_FIELDS, CanonicalTables, HistorySource, Outcome
-from features.stages import StageConfig, StageKind
+from features.data.schema import TRACKED_FIELDS, CanonicalTables, HistorySource, Outcome
+from features.data.stages import StageConfig, StageKind
 
 _STATIC = ["deal_id", "account", "owner", "team", "segment", "product", "created_at", "competitor"]
 _DATE_FIELDS = {"expected_close_date", "next_step_date"}

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.calendar import TimeLike, to_timestamp
-from features.schema import CanonicalTables, Outcome
-from features.signals import compute_signals
-from features.stages import StageConfig
+from features.data.calendar import TimeLike, to_timestamp
+from features.data.schema import CanonicalTables, Outcome
+from features.data.stages import StageConfig
+from features.signals.driver import compute_signals
 
 LABELS: dict[str, str] = {
     "won": "1 if the deal was won, 0 if lost, missing if still open at the end of the data",

@@ -2,7 +2,7 @@
 
 An export is a directory of CSV or Parquet files. Without a mapping the files carry the canonical
 names (``deals.csv``, ``stage_history.parquet``, ...; only ``deals`` is required; subfolders are
-ignored). With a mapping (``features.mapping``) any file names and columns are converted.
+ignored). With a mapping (``features.data.mapping``) any file names and columns are converted.
 
 What is derived, and why:
 
@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 import pandera.errors as pa_errors
 
-from features.mapping import Mapping, TableMapping, _Conversions
-from features.schema import (
+from features.data.mapping import Mapping, TableMapping, _Conversions
+from features.data.schema import (
     CUSTOM_PREFIX,
     PRIMARY_KEYS,
     TABLE_SCHEMAS,
@@ -57,7 +57,7 @@ from features.schema import (
     columns,
     empty_frame,
 )
-from features.stages import StageConfig, StageKind, load_stage_config
+from features.data.stages import StageConfig, StageKind, load_stage_config
 
 MAX_PRINTED_PROBLEMS = 50
 _SRC, _ROW = "_src", "_row"

@@ -18,10 +18,16 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from features.hygiene import HygieneFlag, flags_for_states
-from features.metrics import days_between, jsonable, last_activity, scoped_events, scoped_states
-from features.schema import CanonicalTables, StakeholderRole
-from features.stages import StageConfig
+from features.data.schema import CanonicalTables, StakeholderRole
+from features.data.stages import StageConfig
+from features.pipeline.hygiene import HygieneFlag, flags_for_states
+from features.pipeline.metrics import (
+    days_between,
+    jsonable,
+    last_activity,
+    scoped_events,
+    scoped_states,
+)
 
 REVIEW_DAYS = 7
 # Risk-note thresholds: below the hygiene rules on purpose, so the review sees trouble coming.

@@ -1,9 +1,9 @@
 """The embedded DuckDB store of the canonical tables.
 
-One file (``pipecast.duckdb`` by default) holds every table of ``features.schema`` with its natural
-key (``schema.PRIMARY_KEYS``) as primary key. A load is one transaction: it lands whole or the
-store is left exactly as it was. Loads are idempotent; a newer export replaces the current values
-of its deals and appends the history rows the store does not have yet.
+One file (``pipecast.duckdb`` by default) holds every table of ``features.data.schema`` with its
+natural key (``schema.PRIMARY_KEYS``) as primary key. A load is one transaction: it lands whole or
+the store is left exactly as it was. Loads are idempotent; a newer export replaces the current
+values of its deals and appends the history rows the store does not have yet.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.schema import (
+from features.data.schema import (
     CUSTOM_PREFIX,
     PRIMARY_KEYS,
     CanonicalTables,

@@ -1,0 +1,1 @@
+"""CRM data: canonical schema, stage configuration, mappings, import and the DuckDB store."""

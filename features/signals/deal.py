@@ -1,0 +1,142 @@
+"""Deal-field signals: amount and its changes, competition, close date and its pushes, next step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.data.schema import HistorySource
+from features.signals.events import (
+    EventIndex,
+    codes,
+    day_number,
+    days_between,
+    flag,
+    nan_where,
+    parse_number,
+)
+from features.signals.registry import SignalKind, node, signal
+
+
+@signal("1 if a competitor is known (current value, assumed known from creation)", SignalKind.FLAG)
+def competitor_present(competitor: pd.Series) -> pd.Series:
+    named = competitor.notna() & (competitor.astype(object).astype(str).str.strip() != "")
+    return flag(named.to_numpy())
+
+
+@signal("log(1 + amount): deal size on the scale models need", needs_history=True)
+def amount_log1p(amount: pd.Series) -> pd.Series:
+    return pd.Series(np.log1p(amount.astype("float64").clip(lower=0).to_numpy()))
+
+
+@signal("1 if the deal's change history was exported (0 on deals-only imports)", SignalKind.FLAG)
+def field_changes_known(history_source: pd.Series) -> pd.Series:
+    return flag(history_source.to_numpy() != HistorySource.DERIVED.value)
+
+
+@node
+def amount_changes(field_history: pd.DataFrame) -> pd.DataFrame:
+    return field_history[field_history["field"] == "amount"].reset_index(drop=True)
+
+
+@node
+def amount_index(amount_changes: pd.DataFrame, deal_index: pd.Index) -> EventIndex:
+    return EventIndex(codes(amount_changes["deal_id"], deal_index), amount_changes["changed_at"])
+
+
+@signal("times the amount was changed", needs_history=True)
+def amount_change_count(
+    amount_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    field_changes_known: pd.Series,
+) -> pd.Series:
+    n = amount_index.end(deal_code, as_of) - amount_index.start(deal_code)
+    return nan_where(n, field_changes_known.to_numpy() == 0)
+
+
+@signal("relative change of the amount since creation (0.1 = 10% up)", needs_history=True)
+def amount_change_since_creation(
+    amount: pd.Series,
+    amount_changes: pd.DataFrame,
+    amount_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    field_changes_known: pd.Series,
+) -> pd.Series:
+    """The creation amount is the old value of the first change, if one happened by as_of;
+    otherwise the amount never changed and the current (as-of) amount is the creation amount."""
+    idx = amount_index
+    start, end = idx.start(deal_code), idx.end(deal_code, as_of)
+    old = parse_number(amount_changes["old_value"])
+    new = parse_number(amount_changes["new_value"])
+    # A change that sets a first amount (old missing) states the creation amount itself.
+    first_values = np.append(np.where(np.isnan(old), new, old)[idx.rows], np.nan)
+    now = amount.astype("float64").to_numpy()
+    first = np.where(end > start, first_values[np.minimum(start, len(idx))], now)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(first > 0, now / first - 1.0, np.nan)
+    return nan_where(rel, field_changes_known.to_numpy() == 0)
+
+
+# --- close date -----------------------------------------------------------------------------------
+@node
+def close_date_changes(field_history: pd.DataFrame) -> pd.DataFrame:
+    fh = field_history[field_history["field"] == "expected_close_date"].reset_index(drop=True)
+    old = day_number(pd.to_datetime(fh["old_value"], errors="coerce"))
+    new = day_number(pd.to_datetime(fh["new_value"], errors="coerce"))
+    push = new > old  # NaN compares False: setting a first date is not a push
+    return fh.assign(push=push, slip_days=np.where(push, new - old, 0.0))
+
+
+@node
+def close_date_index(close_date_changes: pd.DataFrame, deal_index: pd.Index) -> EventIndex:
+    cc = close_date_changes
+    return EventIndex(codes(cc["deal_id"], deal_index), cc["changed_at"])
+
+
+@signal("times the expected close date was moved later", needs_history=True)
+def close_date_push_count(
+    close_date_changes: pd.DataFrame,
+    close_date_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    field_changes_known: pd.Series,
+) -> pd.Series:
+    n = close_date_index.total(close_date_changes["push"].to_numpy(), deal_code, as_of)
+    return nan_where(n, field_changes_known.to_numpy() == 0)
+
+
+@signal("total days the expected close date was moved later", needs_history=True)
+def close_date_slip_days(
+    close_date_changes: pd.DataFrame,
+    close_date_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    field_changes_known: pd.Series,
+) -> pd.Series:
+    days = close_date_index.total(close_date_changes["slip_days"].to_numpy(), deal_code, as_of)
+    return nan_where(days, field_changes_known.to_numpy() == 0)
+
+
+@signal("days until the expected close date (negative: it is in the past)", needs_history=True)
+def days_to_expected_close(as_of: pd.Series, expected_close_date: pd.Series) -> pd.Series:
+    return days_between(expected_close_date, as_of)
+
+
+@signal("days left in the calendar quarter of the date (0 on its last day)")
+def days_left_in_quarter(as_of: pd.Series) -> pd.Series:
+    last_day = as_of.dt.to_period("Q").dt.end_time.dt.normalize()
+    return days_between(last_day, as_of)
+
+
+# --- next step ------------------------------------------------------------------------------------
+@signal("1 if a next step is written down", SignalKind.FLAG, needs_history=True)
+def next_step_defined(next_step: pd.Series, history_known: pd.Series) -> pd.Series:
+    text = next_step.astype(object).where(next_step.notna(), "").astype(str).str.strip()
+    return nan_where((text != "").astype("float64").to_numpy(), ~history_known.to_numpy(dtype=bool))
+
+
+@signal("days until the next-step date (negative: overdue; missing: no date)", needs_history=True)
+def days_to_next_step(as_of: pd.Series, next_step_date: pd.Series) -> pd.Series:
+    return days_between(next_step_date, as_of)

@@ -1,0 +1,87 @@
+"""Rep and team track record as of the date: win rate and cycle length, shrunk toward the overall.
+
+Only deals closed on or before ``as_of`` count, and each figure is pulled toward the overall rate
+as of that date (a beta prior), so a rep with two closes is not 0% or 100%.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.data.schema import Outcome
+from features.signals.events import EventIndex, codes, days_between
+from features.signals.registry import SignalSpec, signal_group
+
+# Pseudo-closes of the beta prior that pulls a rep's or team's win rate toward the overall rate.
+WIN_RATE_PRIOR_CLOSES = 10.0
+# Pseudo-closes that pull a rep's or team's median cycle length toward the overall median.
+CYCLE_PRIOR_CLOSES = 5.0
+
+
+def _track_record(deals: pd.DataFrame, by: str, who: pd.Series, as_of: pd.Series) -> pd.DataFrame:
+    """Win rate and median cycle of ``who``'s deals closed on or before ``as_of``, shrunk toward
+    the overall figures as of the same date (empirical-Bayes style, so few closes stay moderate)."""
+    closed = deals[
+        deals["outcome"].isin([Outcome.WON.value, Outcome.LOST.value]) & deals["closed_at"].notna()
+    ].reset_index(drop=True)
+    won = (closed["outcome"] == Outcome.WON.value).to_numpy()
+    cycle = days_between(closed["closed_at"], closed["created_at"]).to_numpy()
+    groups = pd.Index(closed[by].dropna().unique())
+
+    overall = EventIndex(np.zeros(len(closed), dtype=np.int64), closed["closed_at"])
+    zero = np.zeros(len(as_of), dtype=np.int64)
+    o_lo, o_hi = overall.start(zero), overall.end(zero, as_of)
+    o_n = (o_hi - o_lo).astype("float64")
+    o_rate = (overall.cumsum(won)[o_hi] + 1.0) / (o_n + 2.0)  # Laplace: 0.5 before any close
+    o_med = _prefix_medians(cycle[overall.rows], o_lo, o_hi)
+
+    mine = EventIndex(codes(closed[by], groups), closed["closed_at"])
+    code = codes(who, groups)
+    lo, hi = mine.start(code), mine.end(code, as_of)
+    n = np.where(code >= 0, hi - lo, 0).astype("float64")
+    wins = np.where(code >= 0, mine.cumsum(won)[hi] - mine.cumsum(won)[lo], 0.0)
+    k = WIN_RATE_PRIOR_CLOSES
+    rate = (wins + k * o_rate) / (n + k)
+    med = _prefix_medians(cycle[mine.rows], lo, np.where(code >= 0, hi, lo))
+    c = CYCLE_PRIOR_CLOSES
+    cycle_days = np.where(n > 0, (n * np.nan_to_num(med) + c * o_med) / (n + c), o_med)
+    return pd.DataFrame(
+        {f"{by}_win_rate": rate, f"{by}_n_closed": n, f"{by}_median_cycle_days": cycle_days}
+    )
+
+
+def _prefix_medians(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Median of ``values[lo:hi]`` per query; one np.median per distinct (lo, hi) pair."""
+    out = np.full(len(lo), np.nan)
+    has = hi > lo
+    if not has.any():
+        return out
+    pairs, inverse = np.unique(np.stack([lo[has], hi[has]], axis=1), axis=0, return_inverse=True)
+    meds = np.array([np.median(values[a:b]) for a, b in pairs])
+    out[has] = meds[inverse.ravel()]
+    return out
+
+
+def _record_specs(by: str, who: str) -> list[SignalSpec]:
+    return [
+        SignalSpec(
+            f"{by}_win_rate",
+            f"{who}'s win rate over deals closed by the date, shrunk toward the overall rate",
+        ),
+        SignalSpec(f"{by}_n_closed", f"deals {who} closed (won or lost) by the date"),
+        SignalSpec(
+            f"{by}_median_cycle_days",
+            f"{who}'s median days from creation to close, shrunk toward the overall median",
+        ),
+    ]
+
+
+@signal_group(_record_specs("owner", "the rep"))
+def owner_record(deals: pd.DataFrame, owner: pd.Series, as_of: pd.Series) -> pd.DataFrame:
+    return _track_record(deals, "owner", owner, as_of)
+
+
+@signal_group(_record_specs("team", "the team"))
+def team_record(deals: pd.DataFrame, team: pd.Series, as_of: pd.Series) -> pd.DataFrame:
+    return _track_record(deals, "team", team, as_of)

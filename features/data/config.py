@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from features.errors import ConfigError
+
+__all__ = ["ConfigError", "KeyedError", "parse_yaml", "read_yaml", "validate"]
+
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A configuration file is invalid; the message names the file and the key."""
 
 
 class KeyedError(ValueError):

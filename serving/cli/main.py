@@ -1,4 +1,5 @@
-"""The ``pipecast`` command-line tool."""
+"""``pipecast`` data commands (generate, load, summary, stages); the others register from their
+modules."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 
 from features.data.calendar import to_timestamp
 from features.data.stages import ConfigError
+from serving.cli.app import app
 from serving.cli.common import (
     DEFAULT_DB,
     DbOption,
@@ -18,15 +20,6 @@ from serving.cli.common import (
     load_stages,
     open_context,
 )
-
-app = typer.Typer(
-    help="pipecast: probabilistic pipeline forecasting and deal scoring.", no_args_is_help=True
-)
-
-
-@app.callback()
-def main() -> None:
-    """pipecast: probabilistic pipeline forecasting and deal scoring."""
 
 
 @app.command()

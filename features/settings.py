@@ -1,0 +1,44 @@
+"""Settings of a pipecast deployment, read from the environment (``PIPECAST_*``) when first asked.
+
+Nothing is read at import time: :func:`get_settings` builds the object on first use and caches it;
+tests and the API pass their own :class:`Settings` instead. Command-line options win over these.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``PIPECAST_DB`` | DuckDB store file | ``pipecast.duckdb`` |
+| ``PIPECAST_STAGES`` | stage configuration YAML | the seed's stages |
+| ``PIPECAST_MLFLOW_TRACKING_URI`` | MLflow tracking and registry store | ``sqlite:///mlflow.db`` |
+| ``PIPECAST_MLFLOW_ARTIFACTS`` | where a local tracking store keeps artifacts | ``./mlruns`` |
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.errors import ConfigError
+
+DEFAULT_DB = "pipecast.duckdb"
+
+
+class Settings(BaseSettings):
+    """Where pipecast keeps its data and models."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPECAST_", extra="ignore", frozen=True)
+
+    db: Path = Path(DEFAULT_DB)
+    stages: Path | None = None
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_artifacts: str = "./mlruns"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings from the environment, built once."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise ConfigError(f"invalid PIPECAST_* environment setting: {err}") from None

@@ -1,0 +1,51 @@
+"""Build the FastAPI app: settings, state, error handlers, request ids and routers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+
+from features.data.stages import load_stage_config
+from serving.api import errors
+from serving.api.routers import data, health, pipeline
+from serving.api.settings import ApiSettings
+from serving.api.state import AppState, ResultCache, StoreCache
+from serving.auth import KeyStore
+
+API_VERSION = "1"
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """A new app; settings come from the environment unless given (tests pass their own)."""
+    settings = settings if settings is not None else ApiSettings()
+    app = FastAPI(
+        title="pipecast",
+        version=API_VERSION,
+        description="Probabilistic pipeline forecasting and deal scoring: forecasts, deal "
+        "scores, pipeline health, import and model management. Send an API key as "
+        "`Authorization: Bearer <key>` (`pipecast keys create`).",
+    )
+    app.state.settings = settings
+    app.state.keys = KeyStore(settings.keys_file)
+    app.state.pipecast = AppState(
+        store=StoreCache(settings.db),
+        stages=load_stage_config(settings.stages),
+        results=ResultCache(),
+    )
+    errors.install(app)
+
+    @app.middleware("http")
+    async def _request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request.state.request_id = rid
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    for router in (health.router, pipeline.router, data.router):
+        app.include_router(router)
+    return app

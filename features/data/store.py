@@ -194,10 +194,11 @@ class _WriterLock:
                         f"it (waited {timeout:g} s); try again when it is done"
                     ) from None
                 time.sleep(_POLL_SECONDS)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        with contextlib.suppress(OSError):  # only said in a busy message; a full disk is not
+            handle.seek(0)  # a reason to refuse the lock
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
         self._file = handle
 
     @staticmethod
@@ -397,8 +398,8 @@ class Store:
                 self._reopen()
             if _is_disk_full(err):
                 raise StoreError(
-                    f"{self.path}: the disk is full, cannot write in {self.path.parent} "
-                    f"({err}); the store is unchanged"
+                    f"{self.path}: cannot write in {self.path.parent}, the disk is full (or a "
+                    f"file size limit is reached): {err}; the store is unchanged"
                 ) from err
             raise
         self._reopen()

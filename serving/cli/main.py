@@ -148,7 +148,9 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
     out.print(table)
     when = f"{result.as_of:%Y-%m-%d}" if result.as_of is not None else "an unknown date"
     missing = result.open_deals - result.open_with_amount
-    note = f" ({missing:,} open deals without an amount)" if missing and result.open_value else ""
+    note = ""
+    if missing and result.open_value is not None:
+        note = f" ({missing:,} open deal{'s' if missing != 1 else ''} without an amount)"
     out.print(
         f"open pipeline as of {when}: {result.open_deals:,} deals, "
         f"{_money(result.open_value)} total value{note}"

@@ -342,6 +342,19 @@ def test_newer_deal_rows_without_history_are_recorded_as_history(
     ]
     deals.to_csv(export / "deals.csv", index=False)
     report = store.load(read_export(export, exported_at=JULY).tables)
+    before = _deal_states(store, "2024-06-30").set_index("deal_id").loc["D2"]
+    assert (before["stage"], before["amount"], before["forecast_category"]) == (
+        "qualification",
+        45000,
+        "pipeline",
+    )
+    assert before["expected_close_date"] == pd.Timestamp("2024-09-30")
+    after = _deal_states(store, "2024-07-01").set_index("deal_id").loc["D2"]
+    assert (after["stage"], after["amount"], after["next_step"]) == (
+        "needs_analysis",
+        50000,
+        "site visit",
+    )
     assert report.recorded_changes == 5
 
     changes = store.read("field_history").query("deal_id == 'D2'")
@@ -358,19 +371,6 @@ def test_newer_deal_rows_without_history_are_recorded_as_history(
         JULY_END,
         True,
     ]
-    before = _deal_states(store, "2024-06-30").set_index("deal_id").loc["D2"]
-    assert (before["stage"], before["amount"], before["forecast_category"]) == (
-        "qualification",
-        45000,
-        "pipeline",
-    )
-    assert before["expected_close_date"] == pd.Timestamp("2024-09-30")
-    after = _deal_states(store, "2024-07-01").set_index("deal_id").loc["D2"]
-    assert (after["stage"], after["amount"], after["next_step"]) == (
-        "needs_analysis",
-        50000,
-        "site visit",
-    )
     counts = store.counts()
     again = store.load(read_export(export, exported_at=JULY).tables)
     assert again.recorded_changes == 0 and store.counts() == counts
@@ -554,3 +554,17 @@ def test_ctrl_c_inside_duckdb_is_an_interrupt(
     with pytest.raises(KeyboardInterrupt):
         store.load(read_export(export, exported_at=JULY).tables)
     assert _digest(store.path) == digest
+
+
+def test_an_export_without_close_columns_still_reopens_a_deal(store: Store, export: Path) -> None:
+    store.load(read_export(export, exported_at=JUNE).tables)
+    narrow = _deals_csv(export).drop(columns=["closed_at", "outcome", "loss_reason"])
+    narrow.loc[narrow["deal_id"] == "D4", "stage"] = "proposal"  # reopened
+    provided = _write_deals(export, narrow)
+    store.load(read_export(export, exported_at=JULY).tables, provided={"deals": provided})
+    deals = store.read("deals").set_index("deal_id")
+    assert deals.loc["D4", "outcome"] == "open" and pd.isna(deals.loc["D4", "closed_at"])
+    assert deals.loc["D3", "outcome"] == "won"  # still closed: its close date stays
+    assert deals.loc["D3", "closed_at"] == pd.Timestamp("2024-04-22")
+    states = _deal_states(store, "2024-07-01").set_index("deal_id")
+    assert bool(states.loc["D4", "is_open"]) and states.loc["D4", "stage"] == "proposal"

@@ -49,6 +49,7 @@ from features.data.schema import (
     TRACKED_FIELDS,
     CanonicalTables,
     HistorySource,
+    Outcome,
     columns,
     empty_frame,
 )
@@ -59,8 +60,9 @@ from features.settings import get_settings
 # DuckDB primary key; the large append-only history tables get none (an ART index on millions of
 # text keys doubles the load time) and their natural key is kept by an anti-join on insert.
 _UPSERT_TABLES = ("deals", "targets")
-# Set by the importer on every deal row, so always replaced with a newer row.
-_ALWAYS_PROVIDED = frozenset({"observed_at", "history_source"})
+# Set by the importer on every deal row (outcome from the stage, which every export carries when
+# it lacks an outcome column), so always replaced with a newer row.
+_ALWAYS_PROVIDED = frozenset({"observed_at", "history_source", "outcome"})
 # A new store file must say what it is: DuckDB opens an existing CSV or Parquet file as an empty
 # in-memory database and "loads" into nothing.
 STORE_SUFFIXES = (".duckdb", ".ddb", ".db")
@@ -655,7 +657,14 @@ class Store:
         changed = " OR ".join(f"t.{_q(c)} IS DISTINCT FROM i.{_q(c)}" for c in values) or "FALSE"
         newer = "i.observed_at >= t.observed_at" if table == "deals" else "TRUE"
         before = self._count(table)
-        sets = ", ".join(f"{_q(c)} = {self._new_value(table, c)}" for c in values)
+        assignments = [f"{_q(c)} = {self._new_value(table, c)}" for c in values]
+        if table == "deals" and "closed_at" not in values and "outcome" in values:
+            # An export without close dates still says a deal is open again: not closed then.
+            open_ = _lit(Outcome.OPEN.value)
+            assignments.append(
+                f"closed_at = CASE WHEN i.outcome = {open_} THEN NULL ELSE t.closed_at END"
+            )
+        sets = ", ".join(assignments)
         updated = 0
         if sets:
             result = self._sql(

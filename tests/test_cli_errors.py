@@ -134,8 +134,11 @@ def test_settings_errors_are_one_line(place: Path, monkeypatch: pytest.MonkeyPat
     assert_one_line(result, 2, "PIPECAST_LOCK_TIMEOUT='soon'")
 
 
-def test_debug_shows_the_exception(place: Path) -> None:
+def test_debug_shows_the_exception(place: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke(place, "--debug", "summary", "--db", "{p}/text.duckdb")
+    assert isinstance(result.exception, StoreError)
+    monkeypatch.setenv("PIPECAST_DEBUG", "1")
+    result = invoke(place, "summary", "--db", "{p}/text.duckdb")
     assert isinstance(result.exception, StoreError)
 
 

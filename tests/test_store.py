@@ -568,3 +568,14 @@ def test_an_export_without_close_columns_still_reopens_a_deal(store: Store, expo
     assert deals.loc["D3", "closed_at"] == pd.Timestamp("2024-04-22")
     states = _deal_states(store, "2024-07-01").set_index("deal_id")
     assert bool(states.loc["D4", "is_open"]) and states.loc["D4", "stage"] == "proposal"
+
+
+def test_extensions_are_never_loaded_or_installed(store: Store, export: Path) -> None:
+    store.load(read_export(export, exported_at=JUNE).tables)
+    with Store(store.path) as reader:
+        for s in (store, reader):
+            settings = s.con.execute(
+                "SELECT current_setting('autoload_known_extensions'), "
+                "current_setting('autoinstall_known_extensions')"
+            ).fetchone()
+            assert settings == (False, False)

@@ -33,6 +33,7 @@ from features.data.schema import (
     TargetScope,
 )
 from features.data.stages import StageConfig, load_stage_config
+from features.errors import InputError
 
 FloatArr = npt.NDArray[np.float64]
 IntArr = npt.NDArray[np.int64]
@@ -282,9 +283,9 @@ def generate(
     fate past the export is in the truth frame.
     """
     if n_deals < 1:
-        raise ValueError(f"n_deals must be at least 1, got {n_deals}")
+        raise InputError(f"the number of deals must be at least 1, got {n_deals}")
     if end <= start:
-        raise ValueError(f"end ({end}) must be after start ({start})")
+        raise InputError(f"the end ({end}) must be after the start ({start})")
     cfg = stages if stages is not None else load_stage_config()
     report = progress if progress is not None else (lambda done, total: None)
     report(0, n_deals)
@@ -1026,9 +1027,14 @@ def write_dataset(
     sees it.
     """
     if fmt not in ("parquet", "csv"):
-        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
+        raise InputError(f"the format must be 'parquet' or 'csv', got {fmt!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} exists and is not a folder; give a folder to write into")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{out_dir}: cannot create the folder ({err.strerror})") from None
     written: list[Path] = []
     for name, frame in data.tables.items():
         path = out_dir / f"{name}.{fmt}"

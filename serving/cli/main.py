@@ -3,29 +3,29 @@ modules."""
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from features.data.calendar import to_timestamp
-from features.data.stages import ConfigError
+from features.errors import DataImportError, InputError
 from serving.cli.app import app
 from serving.cli.common import (
-    DEFAULT_DB,
     DbOption,
     StagesOption,
-    fail,
+    console,
+    db_path,
+    echo,
     load_stages,
     open_context,
+    parse_day,
+    parse_time,
 )
 
 
 @app.command()
 def stages(config: StagesOption = None) -> None:
     """Show the stage configuration in force."""
-    from rich.console import Console
     from rich.table import Table
 
     cfg = load_stages(config)
@@ -33,7 +33,7 @@ def stages(config: StagesOption = None) -> None:
     for s in sorted(cfg.stages, key=lambda s: s.order):
         dur = f"{s.duration_days.min}-{s.duration_days.max}" if s.duration_days else "-"
         table.add_row(str(s.order), s.key, s.label, s.kind.value, f"{s.win_probability:.0%}", dur)
-    Console().print(table)
+    console().print(table)
 
 
 @app.command()
@@ -57,13 +57,10 @@ def generate(
     from features.synthetic.generator import write_dataset
 
     if fmt not in ("parquet", "csv"):
-        raise fail(f"--format must be parquet or csv, got {fmt!r}")
-    try:
-        first, last = date.fromisoformat(start), date.fromisoformat(end)
-    except ValueError as err:
-        raise fail(f"--start/--end: {err}") from None
-    if last <= first:
-        raise fail(f"--end ({last}) must be after --start ({first})")
+        raise InputError(f"--format: expected parquet or csv, got {fmt!r}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a folder; give a folder to write into")
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
     config = load_stages(stages)
     with Progress(transient=True) as progress:
         task = progress.add_task("simulating deals", total=deals)
@@ -74,7 +71,7 @@ def generate(
         data = run_generator(deals, seed, start=first, end=last, stages=config, progress=report)
     paths = write_dataset(data, out, fmt)  # type: ignore[arg-type]
     counts = ", ".join(f"{name} {len(frame):,}" for name, frame in data.tables.items())
-    typer.echo(f"wrote {len(paths)} files to {out}/ ({counts}); truth in {out}/truth/")
+    echo(f"wrote {len(paths)} files to {out}/ ({counts}); truth in {out}/truth/")
 
 
 @app.command()
@@ -83,67 +80,80 @@ def load(
     mapping: Annotated[
         Path | None, typer.Option("--mapping", help="mapping YAML for a foreign CRM export")
     ] = None,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     exported_at: Annotated[
         str | None, typer.Option("--exported-at", help="when the export was taken (ISO)")
     ] = None,
 ) -> None:
-    """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing."""
+    """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing.
+
+    The store stays readable while it loads; a second load waits for the first (up to
+    PIPECAST_LOCK_TIMEOUT seconds), then says the store is busy.
+    """
     from features.data.importer import ImportValidationError, read_export
     from features.data.mapping import load_mapping
     from features.data.store import Store
 
     config = load_stages(stages)
-    try:
-        spec = load_mapping(mapping) if mapping else None
-    except ConfigError as err:
-        raise fail(str(err)) from None
-    when = to_timestamp(exported_at).to_pydatetime() if exported_at else None
-    with Store(db) as store:
+    spec = load_mapping(mapping) if mapping else None
+    when = parse_time(exported_at, "--exported-at").to_pydatetime() if exported_at else None
+    store_file = db_path(db)
+    with Store(store_file, read_only=False) as store:
         known = store.deal_ids()
         try:
             result = read_export(
                 path, mapping=spec, stages=config, exported_at=when, known_deal_ids=known
             )
         except ImportValidationError as err:
-            typer.secho(f"import refused, {db} unchanged:", fg="red", err=True)
-            typer.echo(str(err), err=True)
-            raise typer.Exit(1) from None
-        report = store.load(result.tables)
+            raise DataImportError(f"import refused, {store_file} unchanged:\n{err}") from None
+        # Columns the export carried (the importer reports them); a column it lacks keeps the
+        # stored values. Older importers do not say, and then every column counts as provided.
+        provided = getattr(result, "provided", None)
+        report = store.load(result.tables, provided=provided)
     for note in result.notes:
-        typer.echo(f"note: {note}")
+        echo(f"note: {note}")
     added = ", ".join(f"{k} +{v:,}" for k, v in report.inserted.items())
-    typer.echo(f"loaded {path} into {db}: {added}; {report.updated_deals:,} deals updated")
+    recorded = (
+        f" ({report.recorded_changes:,} changes recorded from newer deal rows)"
+        if report.recorded_changes
+        else ""
+    )
+    echo(
+        f"loaded {path} into {store_file}: {added}; "
+        f"{report.updated_deals:,} deals updated{recorded}"
+    )
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.0f}"
 
 
 @app.command()
-def summary(db: DbOption = DEFAULT_DB, stages: StagesOption = None) -> None:
+def summary(db: DbOption = None, stages: StagesOption = None) -> None:
     """Deals by stage and the open pipeline value."""
-    from rich.console import Console
     from rich.table import Table
 
+    from features.pipeline.summary import summarize
+
     ctx = open_context(db, stages)
-    deals = ctx.tables.deals
-    order = {s.key: s.order for s in ctx.stages.stages}
-    by_stage = (
-        deals.groupby("stage", observed=True)
-        .agg(deals=("deal_id", "size"), value=("amount", "sum"))
-        .reset_index()
-    )
-    by_stage["order"] = by_stage["stage"].map(order)
-    table = Table("stage", "deals", "value", title=f"{db}: deals by stage")
-    for row in by_stage.sort_values("order").itertuples():
-        key = str(row.stage)
-        label = ctx.stages.stage(key).label if key in order else key
-        table.add_row(label, f"{row.deals:,}", f"{row.value:,.0f}")
-    console = Console()
-    console.print(table)
-    open_deals = deals[deals["outcome"] == "open"]
-    as_of = deals["observed_at"].max()
-    console.print(
-        f"open pipeline as of {as_of:%Y-%m-%d}: {len(open_deals):,} deals, "
-        f"{open_deals['amount'].sum():,.0f} total value"
+    result = summarize(ctx.tables.deals, ctx.stages)
+    out = console()
+    if result.deals == 0:
+        out.print(f"{db_path(db)}: the store holds no deals yet")
+        return
+    table = Table("stage", "deals", "value", title=f"{db_path(db)}: deals by stage")
+    for row in result.stages:
+        table.add_row(row.label, f"{row.deals:,}", _money(row.value))
+    out.print(table)
+    when = f"{result.as_of:%Y-%m-%d}" if result.as_of is not None else "an unknown date"
+    missing = result.open_deals - result.open_with_amount
+    note = ""
+    if missing and result.open_value is not None:
+        note = f" ({missing:,} open deal{'s' if missing != 1 else ''} without an amount)"
+    out.print(
+        f"open pipeline as of {when}: {result.open_deals:,} deals, "
+        f"{_money(result.open_value)} total value{note}"
     )
 
 

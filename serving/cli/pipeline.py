@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from features.errors import InputError
 from serving.cli import common as cli_common
-from serving.cli.common import AsOfOption, DbOption, JsonOption, StagesOption
+from serving.cli.common import AsOfOption, DbOption, JsonOption, StagesOption, console
 
 TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
 OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
@@ -41,7 +41,7 @@ def _net_change(c: Any) -> str:
 
 def _print_metrics(m: Any) -> None:
     """Render a PipelineMetrics as a handful of tables."""
-    console = Console()
+    out = console()
     scope = m.owner or m.team or "company"
     head = Table("metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}")
     cov, w = m.coverage, m.weighted
@@ -108,7 +108,7 @@ def _print_metrics(m: Any) -> None:
     ]
     for row in rows:
         head.add_row(*row)
-    console.print(head)
+    out.print(head)
 
     stages = Table(
         "stage",
@@ -134,19 +134,19 @@ def _print_metrics(m: Any) -> None:
             str(t.open_outliers),
             _num(t.completed_median_days),
         )
-    console.print(stages)
+    out.print(stages)
     if m.loss_reasons:
         losses = Table("loss reason", "deals", "value", "share", title="Loss reasons")
         for r in m.loss_reasons:
             losses.add_row(r.reason, str(r.count), _money(r.value), _pct(r.share))
-        console.print(losses)
+        out.print(losses)
 
 
 def metrics(
     as_of: AsOfOption,
     team: TeamOption = None,
     owner: OwnerOption = None,
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     json: JsonOption = False,
     plot: Annotated[
@@ -158,8 +158,10 @@ def metrics(
     from features.pipeline.metrics import compute_metrics
 
     when = cli_common.parse_as_of(as_of)
-    if plot is not None and not plot.parent.is_dir():
-        raise cli_common.fail(f"--plot: no such directory {plot.parent}")
+    if plot is not None:
+        plot = cli_common.output_file(plot, "--plot")
+        if not plot.parent.is_dir():
+            raise InputError(f"--plot: no such directory {plot.parent}")
     ctx = cli_common.open_context(db, stages)
     result = compute_metrics(ctx.tables, ctx.stages, when, team=team, owner=owner)
     if json:
@@ -171,14 +173,14 @@ def metrics(
 
         written = plot_pipeline(result, ctx.stages, plot)
         # stderr with --json, so stdout stays one parseable document
-        typer.echo(f"plot written to {written}", err=json)
+        cli_common.echo(f"plot written to {written}", err=json)
 
 
 def hygiene(
     as_of: AsOfOption,
     owner: OwnerOption = None,
     team: TeamOption = None,
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -199,16 +201,16 @@ def hygiene(
             }
         )
         return
-    console = Console()
+    out = console()
     table = Table(
         "deal", "owner", "rule", "severity", "message", title=f"Hygiene as of {when:%Y-%m-%d}"
     )
     for f in flags:
         table.add_row(f.deal_id, f.owner, f.rule.value, f.severity.value, f.message)
-    console.print(table)
+    out.print(table)
     for o in outliers:
-        console.print(o.message)
-    console.print(f"{len(flags)} flags on {len({f.deal_id for f in flags})} deals")
+        out.print(o.message)
+    out.print(f"{len(flags)} flags on {len({f.deal_id for f in flags})} deals")
 
 
 def review(
@@ -221,7 +223,7 @@ def review(
     sort_by: Annotated[
         str, typer.Option("--sort", help="amount (largest first) or expected_close")
     ] = "amount",
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -229,7 +231,7 @@ def review(
     from features.pipeline.review import review_pack
 
     if sort_by not in ("amount", "expected_close"):
-        raise cli_common.fail(f"--sort: expected 'amount' or 'expected_close', got {sort_by!r}")
+        raise InputError(f"--sort: expected 'amount' or 'expected_close', got {sort_by!r}")
     when = cli_common.parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
     pack = review_pack(
@@ -277,7 +279,7 @@ def review(
             ", ".join(f.rule.value for f in d.flags) or "-",
             d.risk_note or "-",
         )
-    Console(width=200).print(table)
+    console(width=200).print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,14 +13,16 @@ import numpy as np
 import pandas as pd
 import typer
 
+from features.errors import InputError, NotFoundError
 from serving.cli import common as cli_common
 from serving.cli.common import (
-    DEFAULT_DB,
     AsOfOption,
     DbOption,
     JsonOption,
     StagesOption,
-    fail,
+    console,
+    echo,
+    output_file,
     parse_as_of,
     print_json,
 )
@@ -70,12 +72,11 @@ def signals(
     ] = None,
     owner: Annotated[str | None, typer.Option("--owner", help="only this rep's deals")] = None,
     custom: CustomOption = None,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Point-in-time signals of the open deals as of a date (what a model saw then)."""
-    from rich.console import Console
     from rich.table import Table
 
     from features.signals import SIGNALS, compute_signals
@@ -90,32 +91,32 @@ def signals(
             deal_ids=[deal] if deal else None,
             custom=custom or (),
         )
-    except KeyError as err:
-        raise fail(str(err.args[0])) from None
+    except KeyError as err:  # an unknown --custom column
+        raise NotFoundError(f"--custom: {err.args[0]}") from None
     if owner:
         frame = frame[frame["owner"] == owner]
     if deal and frame.empty:
-        raise fail(f"deal {deal!r} was not open on {when.date()} (or does not exist)")
+        raise NotFoundError(f"--deal: {deal!r} was not open on {when.date()} (or does not exist)")
     frame = frame.reset_index(drop=True)
 
     if as_json:
         print_json({"as_of": when, "deals": _records(frame)})
         return
-    console = Console()
+    out = console()
     if deal:
         row = frame.iloc[0]
         table = Table("signal", "value", "meaning", title=f"{deal} as of {when.date()}")
         for col in frame.columns:
             spec = SIGNALS.get(col)
             table.add_row(col, _cell(row[col]), spec.description if spec else "")
-        console.print(table)
+        out.print(table)
         return
     headers = [h for _, h in KEY_SIGNALS]
     table = Table("deal", "owner", *headers, title=f"open deals as of {when.date()}")
     for _, r in frame.iterrows():
         table.add_row(r["deal_id"], _cell(r["owner"]), *(_cell(r[c]) for c, _ in KEY_SIGNALS))
-    console.print(table)
-    console.print(f"{len(frame)} open deals")
+    out.print(table)
+    out.print(f"{len(frame)} open deals")
 
 
 def snapshots(
@@ -124,7 +125,7 @@ def snapshots(
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
     freq: Annotated[str, typer.Option("--freq", help="pandas date frequency")] = "W-MON",
     custom: CustomOption = None,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
 ) -> None:
     """Write labelled training snapshots (open deals at each date, signals and outcomes)."""
@@ -132,13 +133,15 @@ def snapshots(
 
     from features.signals.snapshots import build_snapshots
 
-    start_ts, end_ts = parse_as_of(start), parse_as_of(end)
+    start_ts = cli_common.parse_time(start, "--start")
+    end_ts = cli_common.parse_time(end, "--end")
     if end_ts < start_ts:
-        raise fail(f"--end ({end}) is before --start ({start})")
+        raise InputError(f"--end ({end}) is before --start ({start})")
     try:
         pd.date_range(start_ts.normalize(), end_ts.normalize(), freq=freq)
     except ValueError as err:
-        raise fail(f"--freq: {err}") from None
+        raise InputError(f"--freq: {err}") from None
+    out = output_file(out, "--out")
     ctx = cli_common.open_context(db, stages)
     with Progress(
         TextColumn("snapshot dates"), BarColumn(), MofNCompleteColumn(), transient=True
@@ -158,13 +161,13 @@ def snapshots(
                 custom=custom or (),
                 progress=tick,
             )
-        except KeyError as err:
-            raise fail(str(err.args[0])) from None
+        except KeyError as err:  # an unknown --custom column
+            raise NotFoundError(f"--custom: {err.args[0]}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
     n_dates = frame["as_of"].nunique()
     censored = int(frame["censored"].sum()) if len(frame) else 0
-    typer.echo(
+    echo(
         f"wrote {len(frame):,} rows ({n_dates} dates, {frame['deal_id'].nunique():,} deals, "
         f"{censored:,} censored) to {out}"
     )

@@ -10,12 +10,10 @@ from datetime import date
 import pytest
 
 from features.data.calendar import to_timestamp
-from features.data.stages import load_stage_config
 from features.pipeline.hygiene import Rule
 from features.pipeline.review import review_pack
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
 AS_OF = to_timestamp("2025-06-15")
 OK = {"next_step": "call", "next_step_date": "2025-06-20", "competitor": "X"}
 
@@ -81,20 +79,20 @@ def build(extra_fields=(), extra_acts=(), extra_history=()):
 
 
 @pytest.fixture(scope="module")
-def pack():
-    return review_pack(build(), CFG, AS_OF)
+def pack(cfg):
+    return review_pack(build(), cfg, AS_OF)
 
 
-def test_threshold_and_order(pack):
+def test_threshold_and_order(pack, cfg):
     assert pack.min_amount == 100_000.0
     assert [d.deal_id for d in pack.deals] == ["R5", "R1", "R2"]  # 99,999 and closed R4 out
     assert pack.total_value == 500_000.0 and pack.deal_count == 3
     assert (pack.week_first_day, pack.week_last_day) == (date(2025, 6, 9), date(2025, 6, 15))
-    by_close = review_pack(build(), CFG, AS_OF, sort_by="expected_close")
+    by_close = review_pack(build(), cfg, AS_OF, sort_by="expected_close")
     assert [d.deal_id for d in by_close.deals] == ["R5", "R2", "R1"]
-    big = review_pack(build(), CFG, AS_OF, min_amount=150_000)
+    big = review_pack(build(), cfg, AS_OF, min_amount=150_000)
     assert [d.deal_id for d in big.deals] == ["R5", "R1"]
-    assert [d.deal_id for d in review_pack(build(), CFG, AS_OF, team="south").deals] == ["R5"]
+    assert [d.deal_id for d in review_pack(build(), cfg, AS_OF, team="south").deals] == ["R5"]
 
 
 def test_changes_in_the_last_week(pack):
@@ -173,7 +171,7 @@ def test_json_parses(pack):
     assert payload["deals"][0]["flags"][0]["rule"] in {r.value for r in Rule}
 
 
-def test_later_events_change_nothing(pack):
+def test_later_events_change_nothing(pack, cfg):
     later = build(
         extra_fields=[
             ("R1", "amount", "150000.0", "90000.0", "2025-06-16 00:00"),
@@ -185,6 +183,6 @@ def test_later_events_change_nothing(pack):
     )
     # The deal row carries R1's newest amount; as of 15 June the history gives 150k back.
     later.deals.loc[later.deals["deal_id"] == "R1", "amount"] = 90_000.0
-    assert review_pack(later, CFG, AS_OF).to_dict() == pack.to_dict()
-    after = review_pack(later, CFG, to_timestamp("2025-06-16"))
+    assert review_pack(later, cfg, AS_OF).to_dict() == pack.to_dict()
+    after = review_pack(later, cfg, to_timestamp("2025-06-16"))
     assert "R1" not in [d.deal_id for d in after.deals]

@@ -114,3 +114,12 @@ def test_review_net_change_lines():
 def test_bad_arguments(cli):
     assert cli.invoke(app, ["metrics", "--as-of", "15/06/2025"]).exit_code != 0
     assert cli.invoke(app, ["review", "--as-of", "2025-06-15", "--sort", "x"]).exit_code != 0
+
+
+@pytest.mark.parametrize("command", ["metrics", "hygiene", "review"])
+def test_unknown_team_is_one_line_not_a_crash(cli, command):
+    result = cli.invoke(app, [command, "--as-of", "2025-06-15", "--team", "nrth"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "--team 'nrth': no deal or target has this team; known: north, south"
+    )

@@ -5,7 +5,15 @@ import json
 import pytest
 
 from features.data.calendar import to_timestamp
-from features.pipeline.hygiene import Rule, Severity, hygiene_flags, stage_outliers
+from features.errors import NotFoundError
+from features.pipeline.hygiene import (
+    RULES,
+    Rule,
+    Severity,
+    describe_rules,
+    hygiene_flags,
+    stage_outliers,
+)
 from tests.factory import deal, tables
 
 # A clean qualification deal: every required field, a next step, a decision maker, recent work.
@@ -248,3 +256,25 @@ def test_later_events_change_no_flag(cfg):
     req_after = next(f for f in after if f.rule is Rule.REQUIRED_FIELDS).evidence["missing"]
     assert "stakeholder:champion" in req_after
     assert hygiene_flags(later, cfg, to_timestamp("2025-04-21")) != after
+
+
+def test_every_rule_is_registered_with_its_seed_words_and_evidence(rules):
+    listed = describe_rules()
+    assert [r["rule"] for r in listed] == [r.value for r in Rule]
+    assert all(r["seed"] and r["evidence"] for r in listed)
+    # A flag carries exactly the evidence its rule declares.
+    data = one_deal(expected_close_date="2025-05-31", next_step=None, competitor=None, acts=())
+    flags = rules(data, "2025-06-20")
+    assert {Rule.STALE, Rule.CLOSE_DATE_PAST, Rule.NO_NEXT_STEP, Rule.QUARTERLY_CLEANUP} <= set(
+        flags
+    )
+    for rule, flag in flags.items():
+        assert tuple(flag.evidence) == RULES[rule].evidence
+
+
+def test_unknown_owner_or_team_is_not_found(cfg):
+    data = one_deal()
+    with pytest.raises(NotFoundError, match=r"--owner 'alcie'.*known: alice"):
+        hygiene_flags(data, cfg, to_timestamp("2025-01-20"), owner="alcie")
+    with pytest.raises(NotFoundError, match=r"--team 'south'.*known: north"):
+        hygiene_flags(data, cfg, to_timestamp("2025-01-20"), team="south")

@@ -6,6 +6,7 @@ O4 negotiation 500k (bob/south). Closed in window: W1 won 150k, W2 won 250k (in 
 price, L2 lost to a competitor. Before: P1 won, L4 lost in negotiation.
 """
 
+import dataclasses
 import json
 from datetime import date
 
@@ -15,8 +16,11 @@ import pytest
 from features.data.calendar import to_timestamp
 from features.data.schema import TRACKED_FIELDS, CanonicalTables
 from features.data.stages import parse_stage_config
+from features.errors import NotFoundError
 from features.pipeline.hygiene import hygiene_flags
 from features.pipeline.metrics import (
+    METRICS,
+    PipelineMetrics,
     StageConversion,
     _coverage_band,
     _funnel,
@@ -371,3 +375,19 @@ def test_empty_dataset_and_no_history(cfg):
     bare = compute_metrics(tables(deals=[deal("A", "2025-01-01")]), cfg, as_of)
     assert bare.open_pipeline.count == 1 and bare.weighted.unknown_stage_count == 1
     assert bare.weighted.all_open == 0.0 and bare.funnel.expected_wins is None
+
+
+def test_every_field_has_one_registered_metric():
+    header = {"as_of", "quarter", "team", "owner"}
+    fields = [f.name for f in dataclasses.fields(PipelineMetrics) if f.name not in header]
+    assert list(METRICS) == fields
+
+
+def test_scope_known_only_from_a_target_is_empty_not_an_error(cfg):
+    """A rep with a target but no deal yet: zeros; a name nobody carries: NotFoundError."""
+    data = tables(deals=[deal("A", "2025-01-01")], targets=[("owner", "newrep", "2025Q2", 1.0)])
+    m = compute_metrics(data, cfg, AS_OF, owner="newrep")
+    assert m.open_pipeline.count == 0 and m.coverage.ratio == 0.0
+    assert m.weighted.closing_this_quarter == 0.0
+    with pytest.raises(NotFoundError, match="--owner 'nobody'"):
+        compute_metrics(data, cfg, AS_OF, owner="nobody")

@@ -31,6 +31,7 @@ import pandas as pd
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
 from features.signals import compute_signals
+from features.signals.stage import days_in_stage as days_in_stage_signal
 
 
 def over_stage_limit(days_in_stage: Any, limit_days: Any) -> Any:
@@ -68,21 +69,42 @@ def open_deal_facts(
     return _derive(facts, stages, as_of)
 
 
+def stage_time(states: pd.DataFrame, stages: StageConfig, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Just the time-in-stage facts of ``states`` (same index): ``days_in_stage`` from the
+    signal's own function, the norm, the limit and ``over_stage_norm``.
+
+    For the metrics, which need only these: computing every signal for them would cost several
+    times the metrics themselves. The function is the signal's definition, so the two agree.
+    """
+    stamps = pd.Series(as_of, index=range(len(states))).astype("datetime64[us]")
+    entered = states["stage_entered_at"].reset_index(drop=True)
+    days = pd.Series(days_in_stage_signal(stamps, entered).to_numpy(), index=states.index)
+    return pd.DataFrame(
+        {"days_in_stage": days, **_limits(states["stage"], days, stages)}, index=states.index
+    )
+
+
+def _limits(stage: pd.Series, days_in_stage: pd.Series, stages: StageConfig) -> dict[str, Any]:
+    """``stage_norm_days``, ``stage_limit_days`` and ``over_stage_norm`` of each deal."""
+    limits = stage_limits(stages)
+    keys = stage.astype(object)
+    norm = keys.map({k: v[0] for k, v in limits.items()}).astype("float64")
+    limit = keys.map({k: v[1] for k, v in limits.items()}).astype("float64")
+    return {
+        "stage_norm_days": norm,
+        "stage_limit_days": limit,
+        "over_stage_norm": over_stage_limit(days_in_stage.astype("float64"), limit),
+    }
+
+
 def _derive(facts: pd.DataFrame, stages: StageConfig, as_of: pd.Timestamp) -> pd.DataFrame:
     since = facts["days_since_last_activity"].astype("float64")
     day = as_of.normalize()
-    limits = stage_limits(stages)
-    stage = facts["stage"].astype(object)
-    norm = stage.map({k: v[0] for k, v in limits.items()}).astype("float64")
-    limit = stage.map({k: v[1] for k, v in limits.items()}).astype("float64")
-    in_stage = facts["days_in_stage"].astype("float64")
     return facts.assign(
         days_without_activity=since.fillna(facts["deal_age_days"].astype("float64")),
         last_activity_on=(day - pd.to_timedelta(since, unit="D")).astype("datetime64[us]"),
         close_date_passed=(facts["days_to_expected_close"].astype("float64") < 0).to_numpy(),
-        stage_norm_days=norm,
-        stage_limit_days=limit,
-        over_stage_norm=over_stage_limit(in_stage, limit),
+        **_limits(facts["stage"], facts["days_in_stage"], stages),
         age_at_quarter_end=(
             facts["deal_age_days"].astype("float64")
             + facts["days_left_in_quarter"].astype("float64")

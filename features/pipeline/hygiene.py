@@ -138,13 +138,19 @@ class RuleInput:
     def flag(
         self, i: int | np.integer[Any], rule: Rule, message: str, **evidence: Any
     ) -> HygieneFlag:
+        """The flag of deal ``i``; its evidence must be what the rule declares (a bug otherwise:
+        the JSON output and the README promise those keys)."""
         spec = RULES[rule]
         if tuple(evidence) != spec.evidence:
             raise RuntimeError(f"rule {rule}: evidence {tuple(evidence)} != {spec.evidence}")
         return HygieneFlag(
-            str(self.col("deal_id")[i]), str(self.col("owner")[i]), rule, spec.severity, message,
-            evidence,
-        )  # fmt: skip
+            deal_id=str(self.col("deal_id")[i]),
+            owner=str(self.col("owner")[i]),
+            rule=rule,
+            severity=spec.severity,
+            message=message,
+            evidence=evidence,
+        )
 
 
 RuleCheck = Callable[[RuleInput], Iterator[HygieneFlag]]
@@ -402,7 +408,7 @@ def hygiene_flags(
     :mod:`features.pipeline.scope`).
     """
     as_of = pd.Timestamp(as_of)
-    states = scoped_states(tables, stages, as_of, team=team, owner=owner)
+    states = scoped_states(tables, stages, as_of, team=team, owner=owner, open_only=True)
     facts = open_deal_facts(tables, stages, as_of, states)
     return flags_for_facts(tables, stages, as_of, facts, cleanup_window_days=cleanup_window_days)
 

@@ -38,8 +38,8 @@ Definitions (days are whole calendar days; "window" is the trailing ``window_day
 Each metric is a small function registered under its field of :class:`PipelineMetrics`
 (:data:`METRICS`); :func:`compute_metrics` builds the scope once (:class:`MetricsInput`: the
 deals as of ``as_of``, the windows, the target) and loops over the registry. Open deals' days in
-stage and the outlier rule are the deal facts of :mod:`features.pipeline.facts` (the signals), the
-same the hygiene rules and the review pack read. An unknown team or owner is a
+stage (the ``days_in_stage`` signal) and the outlier rule come from :mod:`features.pipeline.facts`,
+as for the hygiene rules and the review pack. An unknown team or owner is a
 :class:`~features.errors.NotFoundError`; a known one without deals at ``as_of`` gives zeros and
 unknowns (see :mod:`features.pipeline.scope`).
 """
@@ -58,7 +58,7 @@ import pandas as pd
 from features.data.calendar import days_between, quarter_bounds, quarter_of
 from features.data.schema import ActivityType, CanonicalTables, Outcome, TargetScope
 from features.data.stages import StageConfig
-from features.pipeline.facts import open_deal_facts, stage_limits
+from features.pipeline.facts import stage_limits, stage_time
 from features.pipeline.scope import scoped_events, scoped_states
 from features.serialize import jsonable
 
@@ -332,9 +332,10 @@ class MetricsInput:
         return self.states[self.states["is_open"]]
 
     @cached_property
-    def open_facts(self) -> pd.DataFrame:
-        """The open deals' facts (signals as of ``as_of``): days in stage, over the norm, ..."""
-        return open_deal_facts(self.tables, self.stages, self.as_of, self.states)
+    def open_stage_time(self) -> pd.DataFrame:
+        """Open deals' stage, days in stage (the signal) and whether that is over the norm."""
+        time = stage_time(self.open_deals, self.stages, self.as_of)
+        return time.assign(stage=self.open_deals["stage"])
 
     @cached_property
     def closing(self) -> pd.DataFrame:
@@ -694,7 +695,7 @@ def sales_cycle(x: MetricsInput) -> CycleLength:
 @metric("time_in_stage")
 def time_in_stage(x: MetricsInput) -> list[TimeInStage]:
     """Open deals' days in stage (the signal) against the norm; stays that ended in the window."""
-    facts, stays = x.open_facts, _completed_stays(x)
+    facts, stays = x.open_stage_time, _completed_stays(x)
     limits = stage_limits(x.stages)
     out = []
     for s in x.stages.open_stages:

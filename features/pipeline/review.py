@@ -300,7 +300,7 @@ def review_pack(
     as_of = pd.Timestamp(as_of)
     threshold = stages.hygiene.review_min_amount if min_amount is None else float(min_amount)
     start = as_of - pd.Timedelta(days=REVIEW_DAYS)
-    states = scoped_states(tables, stages, as_of, team=team, owner=owner)
+    states = scoped_states(tables, stages, as_of, team=team, owner=owner, open_only=True)
     deals = _sorted(states[states["is_open"] & (states["amount"] >= threshold)], sort_by)
     facts = open_deal_facts(tables, stages, as_of, deals)
     ids = facts["deal_id"]

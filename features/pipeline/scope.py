@@ -59,10 +59,12 @@ def scoped_states(
     *,
     team: str | None = None,
     owner: str | None = None,
+    open_only: bool = False,
 ) -> pd.DataFrame:
-    """Every deal that existed at ``as_of`` as it stood then, limited to a team and/or owner."""
+    """Every deal that existed at ``as_of`` (or only those open then) as it stood then, limited
+    to a team and/or owner."""
     check_scope(tables, team=team, owner=owner)
-    states = deal_states_as_of(tables, as_of, stages)
+    states = deal_states_as_of(tables, as_of, stages, open_only=open_only)
     if team is not None:
         states = states[states["team"] == team]
     if owner is not None:

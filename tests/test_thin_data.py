@@ -167,12 +167,7 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 # Crashes in code this module's author does not own; the reason names the crash.
-KNOWN_CRASHES: dict[tuple[str, str], str] = {
-    ("summary", "empty store"): (
-        "serving/cli/main.py summary: ValueError: NaTType does not support strftime "
-        "(observed_at.max() of no deals)"
-    ),
-}
+KNOWN_CRASHES: dict[tuple[str, str], str] = {}
 _IMPORTER_CRASH = (
     "features/data/importer.py _finish: TypeError: float() argument must be a string or a real "
     "number, not 'NAType' (a deals file without an amount column)"

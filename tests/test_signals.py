@@ -3,6 +3,7 @@ nothing" as a Hypothesis property."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -462,7 +463,10 @@ def _world(tracked: frozenset[str], specs: list[dict[str, Any]]) -> CanonicalTab
                 row[kind] = new
         deals.append(row)
     stk_frame = pd.DataFrame(stk, columns=["d", "c", "r", "t"]).drop_duplicates(["d", "c", "r"])
-    return tables(deals, sh, fh, act, list(stk_frame.itertuples(index=False, name=None)))
+    world = tables(deals, sh, fh, act, list(stk_frame.itertuples(index=False, name=None)))
+    # custom columns typed as the store reads them back (text), whatever values they hold
+    custom = {c: world.deals[c].astype("str") for c in ("custom_industry", "custom_flag")}
+    return replace(world, deals=world.deals.assign(**custom))
 
 
 def _signals_of(world: CanonicalTables, as_of: pd.Timestamp) -> pd.DataFrame:

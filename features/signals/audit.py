@@ -15,7 +15,7 @@ forecast category without history). ``pipecast audit`` runs four checks and name
   rows at most :data:`NEAR_DAYS` before it. A signal whose far AUC reaches
   :data:`FAR_AUC_LIMIT` is flagged: no honest fact about a long-cycle B2B deal tells won from lost
   that well three months ahead (on generated data with full history the best signal reaches
-  about 0.71), while a value written at the close separates as well far from it as near it.
+  about 0.75), while a value written at the close separates as well far from it as near it.
 - **close-date timing**: the share of those rows whose expected close date is the actual close
   date, far from and near the close. Far above :data:`TIMING_LIMIT` means the close date was
   overwritten at the close and reaches earlier dates.

@@ -20,7 +20,8 @@ at all (Salesforce orgs often track only CloseDate and Amount), the field is **u
 ``<field>_known`` false), never the deal row's value. Why the same rule for open deals: if only
 closed deals lost their row values, a missing forecast category would itself say "this deal
 closes before the export" (a training set cut at T, or a backtest, would learn it). Here whether a
-field is known depends only on ``as_of`` and the store's tracking, never on the deal's fate.
+field is known depends on ``as_of``, the store's tracking and the export the row came from, never
+on how or when the deal ends.
 
 Other cases:
 

@@ -150,6 +150,8 @@ COMMANDS: dict[str, tuple[Args, Check]] = {
     "signals": (dated("signals", scope=("--owner",)), None),
     "signals --json": (dated("signals", "--json", scope=("--owner",)), _json),
     "snapshots": (_snapshots, _parquet),
+    "audit": (lambda s, out: ["audit"], None),
+    "audit --json": (lambda s, out: ["audit", "--json"], _json),
 }
 
 SCENARIOS: dict[str, Scenario] = {

@@ -158,11 +158,13 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
 
 
 def _register_commands() -> None:
+    from serving.cli import audit as cli_audit
     from serving.cli import pipeline as cli_pipeline
     from serving.cli import signals as cli_signals
 
     cli_signals.register(app)
     cli_pipeline.register(app)
+    cli_audit.register(app)
 
 
 _register_commands()

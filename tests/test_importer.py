@@ -137,7 +137,8 @@ def test_bad_value_is_located(
 ) -> None:
     export = _copy(tmp_path, "canonical")
     _edit(export / file, change)
-    problems = _problems(export)
+    # strict: unmapped descriptive values (type 'lunch', role 'boss') are refused, not 'other'
+    problems = _problems(export, strict=True)
     hits = [p for p in problems if p.file == file and p.row == row and p.column == column]
     assert hits, problems
     assert words in hits[0].message
@@ -161,18 +162,20 @@ def test_all_problems_reported_at_once_and_printing_is_capped(tmp_path: Path) ->
             "activity_id": [f"X{i}" for i in range(60)],
             "deal_id": "D1",
             "type": "call",
-            "occurred_at": "not a date",
+            "occurred_at": [f"not a date {i}" for i in range(60)],  # 60 different problems
         }
     )
     _edit(export / "activities.csv", lambda f: pd.concat([f, big], ignore_index=True))
     with pytest.raises(ImportValidationError) as err:
-        read_export(export)
+        read_export(export, strict=True)
     problems = err.value.problems
     assert len(problems) == 1 + 6 + 60
     assert {p.file for p in problems} == {"deals.csv", "activities.csv"}
     text = str(err.value)
-    assert text.startswith("67 problems")
-    assert "... and 17 more" in text
+    # the six 'lunch' rows are one problem shown once with its count
+    assert text.startswith("67 problems in the export (62 distinct)")
+    assert "[6 rows: row 1 (line 2), row 2 (line 3)" in text
+    assert "... and 12 more" in text
     assert text.count("\n  - ") == 50
 
 

@@ -1,0 +1,295 @@
+"""Reading an export's files: finding them, decoding their text, parsing CSV or Parquet.
+
+A CSV file is decoded before it is parsed:
+
+- a byte-order mark decides (UTF-8, UTF-16 or UTF-32 with a BOM always work);
+- else the encoding named by ``--encoding``, the mapping's source, or the mapping's top level;
+- else UTF-8; a file that is not valid UTF-8 is read as Windows-1252 (what Excel and Salesforce
+  hand out every day) with a note naming the file and how to name another encoding. A file that
+  is not Windows-1252 either, or looks like UTF-16 without a BOM, is refused naming the byte, its
+  line and the option.
+
+The delimiter is read from the header line (``,`` unless ``;``, tab or ``|`` splits it into more
+columns, noted). Every cell is read as text (ids keep leading zeros, "NA" stays a name). A header
+given twice is kept apart (the second as ``Amount (column 9)``) and refused only if the import
+uses it. Rows with more or fewer fields than the header are refused with their row and line;
+fields of any size are read. Line numbers are exact also after a quoted field spanning lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from features.data.importer.problems import ImportProblem, printable
+from features.data.importer.run import ImportRun
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+FALLBACK_ENCODING = "windows-1252"
+_DELIMITERS = (",", ";", "\t", "|")
+_BLOCK = 8 << 20  # pyarrow parses in blocks; a row longer than a block needs a bigger one
+_MAX_BLOCK = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A file as read: every column as the user named it, and where its rows start."""
+
+    name: str
+    frame: pd.DataFrame
+    is_csv: bool
+    lines: np.ndarray | None = None  # CSV line of each data row, when not simply row + 1
+    duplicates: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+# --- finding files ------------------------------------------------------------------------------
+def find_canonical(run: ImportRun, root: Path, table: str) -> Path | None:
+    """The canonical file of a table: ``<table>.csv`` or ``<table>.parquet``, never both."""
+    found = [p for p in (root / f"{table}.csv", root / f"{table}.parquet") if p.is_file()]
+    if len(found) > 1:
+        run.problem(found[0].name, f"both {found[0].name} and {found[1].name} exist for {table}")
+        return None
+    return found[0] if found else None
+
+
+def find_source(run: ImportRun, root: Path, name: str) -> Path | None:
+    """A mapping's file name, or glob pattern matching exactly one file, in the export root."""
+    if not any(ch in name for ch in "*?["):
+        return root / name if (root / name).is_file() else None
+    matches = sorted(p for p in root.glob(name) if p.is_file())
+    if len(matches) > 1:
+        names = [printable(p.name) for p in matches]
+        run.problem(name, f"pattern matches several files: {names}")
+        return None
+    return matches[0] if matches else None
+
+
+def read_file(run: ImportRun, path: Path, encoding: str | None) -> RawFile | None:
+    """Read one file; problems are recorded (and None returned), never raised."""
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(run, path)
+    return _read_csv(run, path, encoding)
+
+
+def _read_parquet(run: ImportRun, path: Path) -> RawFile | None:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # a reader failure is a problem of this file, reported with the rest
+        run.problem(path.name, f"cannot be read as Parquet: {printable(str(err))}")
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return RawFile(path.name, frame.reset_index(drop=True), is_csv=False)
+
+
+# --- decoding -----------------------------------------------------------------------------------
+def _line_of(data: bytes, pos: int) -> int:
+    return data.count(b"\n", 0, pos) + 1
+
+
+def decode(run: ImportRun, name: str, data: bytes, encoding: str | None) -> str | None:
+    """The file's text (see the module docstring for the rules), or None with a problem.
+
+    ``encoding`` None means: UTF-8, else Windows-1252 with a note.
+    """
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return _decode_as(run, name, data, codec)
+    if encoding is not None:
+        return _decode_as(run, name, data, encoding)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad, line = data[err.start], _line_of(data, err.start)
+    option = "pass --encoding ENC to `pipecast load` or set `encoding:` in the mapping"
+    if b"\x00" in data[:4096]:
+        run.problem(name, f"looks like UTF-16 without a byte-order mark: {option} (utf-16-le)")
+        return None
+    try:
+        text = data.decode(FALLBACK_ENCODING)
+    except UnicodeDecodeError as err:
+        run.problem(
+            name,
+            f"is neither UTF-8 (byte 0x{bad:02X} on line {line}) nor {FALLBACK_ENCODING} "
+            f"(byte 0x{data[err.start]:02X} on line {_line_of(data, err.start)}): {option}",
+        )
+        return None
+    run.note(
+        f"{printable(name)} is not UTF-8 (byte 0x{bad:02X} on line {line}): read as "
+        f"{FALLBACK_ENCODING}; if that is wrong, {option}"
+    )
+    return text
+
+
+def _decode_as(run: ImportRun, name: str, data: bytes, codec: str) -> str | None:
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as err:
+        run.problem(
+            name,
+            f"is not valid {codec} text (byte 0x{data[err.start]:02X} on line "
+            f"{_line_of(data, err.start)}): name its encoding with --encoding or the mapping's "
+            "`encoding:`, or save it as UTF-8",
+        )
+        return None
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+def _delimiter(text: str) -> str:
+    """The delimiter that splits the header line into the most columns (a comma on a tie)."""
+    end = text.find("\n")
+    first = text if end < 0 else text[:end]
+    counts = {d: len(next(csv.reader([first], delimiter=d), [])) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] > counts[","] else ","
+
+
+def _header(text: str, delimiter: str) -> list[str] | None:
+    header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), None)
+    return [h.strip() for h in header] if header else None
+
+
+def _unique_names(header: list[str]) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """Header names made unique (``Amount (column 9)``), and the names given more than once."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        positions.setdefault(name, []).append(i)
+    names = [
+        name if positions[name][0] == i else f"{name} (column {i})"
+        for i, name in enumerate(header, start=1)
+    ]
+    names = [n or f"(column {i})" for i, n in enumerate(names, start=1)]
+    dupes = {n: tuple(p) for n, p in positions.items() if len(p) > 1 and n}
+    return names, dupes
+
+
+def _parse(buf: bytes, n: int, delimiter: str, block: int) -> tuple[pa.Table, int]:
+    """Every field as text; returns the table and how many rows had the wrong field count."""
+    invalid = [0]
+
+    def skip(_row: pacsv.InvalidRow) -> str:
+        invalid[0] += 1
+        return "skip"
+
+    names = [f"f{i}" for i in range(n)]
+    table = pacsv.read_csv(
+        pa.py_buffer(buf),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block),
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+    return table, invalid[0]
+
+
+def _records(text: str, delimiter: str, n: int) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Start line of each data row, and (row, line, fields) of rows with a wrong field count.
+
+    The slow path (Python's csv module), taken only when lines are not simply row + 1.
+    """
+    if len(text) >= csv.field_size_limit():
+        csv.field_size_limit(len(text) + 1)  # one field may be the whole file
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    next(reader, None)  # the header
+    starts: list[int] = []
+    ragged: list[tuple[int, int, int]] = []
+    row, start = 0, reader.line_num + 1
+    for rec in reader:
+        line, start = start, reader.line_num + 1
+        if not rec:  # a blank line: the parser skips it too
+            continue
+        row += 1
+        if len(rec) != n:
+            ragged.append((row, line, len(rec)))
+        else:
+            starts.append(line)
+    return starts, ragged
+
+
+def _read_csv(run: ImportRun, path: Path, encoding: str | None) -> RawFile | None:
+    name = path.name
+    data = path.read_bytes()
+    text = decode(run, name, data, encoding)
+    if text is None:
+        return None
+    delimiter = _delimiter(text)
+    header = _header(text, delimiter)
+    if not header:
+        run.problem(name, "is empty: no header row")
+        return None
+    if delimiter != ",":
+        run.note(f"{printable(name)}: read with {delimiter!r} as the delimiter")
+    names, dupes = _unique_names(header)
+    buf = data if _is_plain_utf8(data, text) else text.encode("utf-8")
+    try:
+        try:
+            table, invalid = _parse(buf, len(names), delimiter, _BLOCK)
+        except pa.ArrowInvalid as err:
+            if "straddl" not in str(err):
+                raise
+            table, invalid = _parse(buf, len(names), delimiter, min(len(buf) + 1, _MAX_BLOCK))
+    except pa.ArrowInvalid as err:
+        run.problem(name, f"cannot be read as CSV: {printable(str(err))}")
+        return None
+    lines = _line_index(run, name, text, delimiter, len(names), table.num_rows, invalid)
+    if invalid:
+        return None
+    frame = table.rename_columns(names).to_pandas()
+    return RawFile(name, frame, is_csv=True, lines=lines, duplicates=dupes)
+
+
+def _is_plain_utf8(data: bytes, text: str) -> bool:
+    """True when ``data`` already is ``text`` in UTF-8 without a BOM (no re-encoding needed)."""
+    if data.startswith(codecs.BOM_UTF8):
+        return False
+    if len(data) == len(text):  # ASCII: every character one byte, whatever the codec
+        return data.isascii()
+    try:
+        return data.decode("utf-8") == text
+    except UnicodeDecodeError:
+        return False
+
+
+def _line_index(
+    run: ImportRun, name: str, text: str, delimiter: str, n: int, rows: int, invalid: int
+) -> np.ndarray | None:
+    """Lines of the data rows when they are not row + 1; ragged rows become problems."""
+    physical = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    if not invalid and physical == rows + 1:
+        return None
+    starts, ragged = _records(text, delimiter, n)
+    for row, line, fields in ragged:
+        run.problems.append(
+            ImportProblem(
+                name,
+                row,
+                None,
+                f"has {fields} fields, the header has {n} (delimiter {delimiter!r}: a missing "
+                "or extra delimiter, or an unclosed quote?)",
+                line,
+            )
+        )
+    if invalid and not ragged:  # the parsers disagree: still refuse, without a row
+        run.problem(name, f"{invalid} rows have more or fewer fields than the header ({n})")
+    if len(starts) != rows:
+        return None
+    return np.asarray(starts, dtype=np.int64)

@@ -88,12 +88,40 @@ def load(
     exported_at: Annotated[
         str | None, typer.Option("--exported-at", help="when the export was taken (ISO)")
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="refuse values of loss reason, activity type, role, forecast category, segment "
+            "or product that the mapping does not map (default: store other/missing, noted)",
+        ),
+    ] = False,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            "--encoding",
+            help="text encoding of every CSV file, e.g. windows-1252 or utf-16 (overrides the "
+            "mapping; default: UTF-8, else Windows-1252 with a note)",
+        ),
+    ] = None,
+    problems_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--problems-out", help="write every problem (file, row, line, column, message) here"
+        ),
+    ] = None,
 ) -> None:
     """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing."""
-    from features.data.importer import ImportValidationError, read_export
+    from features.data.importer import (
+        ImportValidationError,
+        check_encoding,
+        read_export,
+        write_problems_csv,
+    )
     from features.data.mapping import load_mapping
     from features.data.store import Store
 
+    check_encoding(encoding)  # before the store is opened: a typo changes nothing
     config = load_stages(stages)
     try:
         spec = load_mapping(mapping) if mapping else None
@@ -104,12 +132,23 @@ def load(
         known = store.deal_ids()
         try:
             result = read_export(
-                path, mapping=spec, stages=config, exported_at=when, known_deal_ids=known
+                path,
+                mapping=spec,
+                stages=config,
+                exported_at=when,
+                known_deal_ids=known,
+                strict=strict,
+                encoding=encoding,
             )
         except ImportValidationError as err:
+            if problems_out is not None:
+                n = write_problems_csv(err.problems, problems_out)
+                typer.echo(f"wrote {n:,} problems to {problems_out}", err=True)
             typer.secho(f"import refused, {db} unchanged:", fg="red", err=True)
             typer.echo(str(err), err=True)
             raise typer.Exit(1) from None
+        if problems_out is not None:
+            write_problems_csv([], problems_out)
         report = store.load(result.tables)
     for note in result.notes:
         typer.echo(f"note: {note}")

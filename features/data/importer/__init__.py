@@ -43,6 +43,7 @@ from features.data.importer.problems import (
     ImportValidationError,
     ProblemGroup,
     group_problems,
+    shown,
     write_problems_csv,
 )
 from features.data.importer.read import find_canonical, find_source, read_file
@@ -68,6 +69,7 @@ __all__ = [
     "ImportResult",
     "ImportValidationError",
     "ProblemGroup",
+    "check_encoding",
     "group_problems",
     "read_export",
     "write_problems_csv",
@@ -120,11 +122,7 @@ def read_export(
     if Python does not know it); without one, see ``features.data.importer.read``.
     """
     root = Path(path)
-    if encoding is not None:
-        try:
-            known_encoding(encoding)
-        except ValueError as err:
-            raise InputError(f"--encoding: {err}") from None
+    check_encoding(encoding)
     run = ImportRun(
         ImportOptions(
             stages or load_stage_config(),
@@ -139,7 +137,7 @@ def read_export(
         raise ImportValidationError([ImportProblem(str(root), None, None, "not a directory")])
     frames: Frames = {}
     read_tables(run, root, frames)
-    if run.problems or "deals" not in frames:  # later checks would repeat or garble them
+    if "deals" not in frames:
         raise ImportValidationError(run.problems)
     for phase in PHASES:
         phase(run, frames)
@@ -148,6 +146,14 @@ def read_export(
     tables = finish(run, frames)
     provided = {t: frozenset(run.provided.get(t, ())) for t in CanonicalTables.TABLES}
     return ImportResult(tables=tables, notes=run.notes, provided=provided)
+
+
+def check_encoding(encoding: str | None) -> None:
+    """Raise ``InputError`` unless Python can decode text in ``encoding`` (None: automatic)."""
+    try:
+        known_encoding(encoding)
+    except ValueError as err:
+        raise InputError(f"--encoding: {err}") from None
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -201,6 +207,28 @@ def check_deals(run: ImportRun, frames: Frames) -> None:
     derive_outcome(run, frames["deals"])
 
 
+def check_stage_targets(run: ImportRun, frames: Frames) -> None:
+    """The mapping's stage names onto keys the stage configuration lacks, unused here: a note.
+
+    (Used ones are refused row by row as unknown stages, naming the mapping's key.)
+    """
+    if run.mapping is None:
+        return
+    keys = set(run.stages.by_key)
+    used = {
+        str(v)
+        for t in ("deals", "stage_history")
+        if t in frames and "stage" in frames[t]
+        for v in frames[t]["stage"].dropna().unique()
+    }
+    for name, target in run.mapping.stages.items():
+        if target not in keys and target not in used:
+            run.note(
+                f"the mapping's stages: maps {shown(name)} to {shown(target)}, not a stage of the "
+                f"stage configuration {sorted(keys)}; no row uses it here (check --stages)"
+            )
+
+
 def check_histories(run: ImportRun, frames: Frames) -> None:
     """History rows must name a deal of this export or of the store."""
     deals = set(frames["deals"]["deal_id"].dropna()) | run.options.known_deal_ids
@@ -230,6 +258,7 @@ def derived_history(run: ImportRun, frames: Frames) -> None:
 
 PHASES: tuple[Phase, ...] = (
     check_deals,
+    check_stage_targets,
     check_histories,
     check_targets,
     export_time,

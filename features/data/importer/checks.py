@@ -17,8 +17,9 @@ from features.data.importer.run import ROW, SRC, ImportRun
 from features.data.importer.snapshots import merge_with_field_history
 from features.data.schema import PRIMARY_KEYS
 
-# stage_history.stage may be NULL (unknown) in canonical files, but a mapped CRM row names a stage.
-_NULLABLE_REQUIRED = {("stage_history", "stage")}
+# Columns a file must have whose cells may be empty: stage_history.stage (unknown, in canonical
+# files; a mapped CRM row names a stage) and activities.type (a kind the mapping does not name).
+_NULLABLE_REQUIRED = {("stage_history", "stage"), ("activities", "type")}
 _UNIQUE: dict[str, tuple[str, ...]] = {
     "deals": ("deal_id",),
     "activities": ("activity_id",),

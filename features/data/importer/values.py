@@ -234,9 +234,8 @@ def _localize(wall: pd.Series, tz: str) -> pd.Series:
 
 # --- numbers and flags ----------------------------------------------------------------------------
 def parse_amount(run: ImportRun, table: str, frame: pd.DataFrame, col: str) -> pd.Series:
-    s = frame[col]
-    num = pd.to_numeric(clean_text(s) if not _numeric(s) else s, errors="coerce")
-    num = num.astype("float64")
+    s = frame[col] if _numeric(frame[col]) else clean_text(frame[col])
+    num = pd.to_numeric(s, errors="coerce").astype("float64")
     finite = np.isfinite(num.fillna(0))
     run.report(table, frame, s.notna() & num.isna(), col, lambda v: f"not a number: {shown(v)}")
     run.report(table, frame, ~finite, col, lambda v: f"not a finite amount: {shown(v)}")

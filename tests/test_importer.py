@@ -829,6 +829,22 @@ def test_a_duplicate_header_is_named_once_and_only_when_used(tmp_path: Path) -> 
     assert len(read_export(export).tables.deals) == 5
 
 
+def test_a_header_spanning_lines_and_an_empty_file(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "canonical")
+    lines = (export / "activities.csv").read_text().splitlines()
+    lines[0] += ',"notes\n(free text)"'
+    lines[1:] = [line + ",x" for line in lines[1:]]
+    lines[3] = "A3,D1,proposal,soon,x"  # row 3: on line 5, after the two lines of the header
+    (export / "activities.csv").write_text("\n".join(lines) + "\n")
+    (export / "targets.csv").write_text("")
+    problems = _problems(export)
+    assert [(p.file, p.row, p.column, p.line) for p in problems] == [
+        ("activities.csv", 3, "occurred_at", 5),
+        ("targets.csv", None, None, None),
+    ]
+    assert problems[-1].message == "is empty: no header row"
+
+
 @pytest.mark.parametrize("value", ["0001-01-01", "2300-01-01T10:00:00", "1899-12-31"])
 def test_years_out_of_range_are_located(tmp_path: Path, value: str) -> None:
     export = _copy(tmp_path, "canonical")
@@ -900,6 +916,13 @@ def test_utf16_without_a_bom_needs_the_option(tmp_path: Path) -> None:
             _reencode(f, "utf-16-le")
     t = read_export(export, encoding="utf-16-le").tables
     assert t.deals.set_index("deal_id").loc["D1", "account"] == "Müller Präzision"
+
+
+def test_ascii_utf16_without_a_bom_is_not_taken_for_utf8(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "canonical")
+    _reencode(export / "activities.csv", "utf-16-le")  # valid UTF-8 too: a NUL every other byte
+    (p,) = _problems(export)
+    assert p.file == "activities.csv" and "looks like UTF-16" in p.message
 
 
 def test_an_explicit_encoding_is_used_without_a_note(tmp_path: Path) -> None:

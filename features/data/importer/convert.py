@@ -84,7 +84,7 @@ def start(run: ImportRun, table: str, raw: RawFile, conv: Conversions, mapped: b
     """Register the file as a source of ``table`` and number its rows."""
     source = SourceFile(raw.name, is_csv=raw.is_csv, lines=raw.lines)
     index = run.add_source(table, source)
-    frame = raw.frame.copy()
+    frame = raw.frame  # read for this conversion alone: no copy
     frame[SRC] = np.full(len(frame), index, dtype=np.int32)
     frame[ROW] = np.arange(1, len(frame) + 1)
     return Conversion(run, table, frame, source, conv, mapped, raw.duplicates)
@@ -185,9 +185,10 @@ COLUMN_PHASES: tuple[Callable[[Conversion], None], ...] = (
 def assemble(step: Conversion) -> pd.DataFrame:
     """The picked columns under canonical names, plus the mapping's constants and defaults."""
     raw, conv = step.raw, step.conv
-    out = pd.DataFrame({SRC: raw[SRC].to_numpy(), ROW: raw[ROW].to_numpy()})
+    raw = raw.reset_index(drop=True)  # (skipped rows leave gaps)
+    out = raw[[SRC, ROW]].copy()
     for col, user in step.picked.items():
-        out[col] = raw[user].to_numpy()
+        out[col] = raw[user]
     for col, value in conv.constants.items():
         out[col] = as_text(value)
     for col, value in conv.defaults.items():

@@ -52,11 +52,11 @@ class ImportProblem:
     message: str
     line: int | None = None
 
-    def location(self, with_column: bool = True) -> str:
+    def location(self, with_row: bool = True) -> str:
         where = printable(self.file)
-        if self.row is not None:
+        if with_row and (self.row is not None or self.line is not None):
             where += f", {self.at()}"
-        if with_column and self.column is not None:
+        if self.column is not None:
             where += f", column {self.column!r}"
         return where
 
@@ -83,7 +83,7 @@ class ProblemGroup:
             return str(first)
         rows = ", ".join(p.at() for p in self.problems[:FIRST_ROWS])
         more = f" and {n - FIRST_ROWS:,} more" if n > FIRST_ROWS else ""
-        return f"{first.location()}: {first.message} [{n:,} rows: {rows}{more}]"
+        return f"{first.location(with_row=False)}: {first.message} [{n:,} rows: {rows}{more}]"
 
 
 def group_problems(problems: Iterable[ImportProblem]) -> list[ProblemGroup]:

@@ -42,6 +42,7 @@ _BOMS = (
 FALLBACK_ENCODING = "windows-1252"
 _DELIMITERS = (",", ";", "\t", "|")
 _BLOCK = 8 << 20  # pyarrow parses in blocks; a row longer than a block needs a bigger one
+_HEAD = 1 << 20  # enough of a file for its header line
 _MAX_BLOCK = (1 << 31) - 1
 
 
@@ -96,11 +97,17 @@ def _read_parquet(run: ImportRun, path: Path) -> RawFile | None:
 
 
 # --- decoding -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Decoded:
+    text: str
+    utf8: bool  # the file's bytes are this text in UTF-8 without a BOM: parse them as they are
+
+
 def _line_of(data: bytes, pos: int) -> int:
     return data.count(b"\n", 0, pos) + 1
 
 
-def decode(run: ImportRun, name: str, data: bytes, encoding: str | None) -> str | None:
+def decode(run: ImportRun, name: str, data: bytes, encoding: str | None) -> Decoded | None:
     """The file's text (see the module docstring for the rules), or None with a problem.
 
     ``encoding`` None means: UTF-8, else Windows-1252 with a note.
@@ -110,14 +117,14 @@ def decode(run: ImportRun, name: str, data: bytes, encoding: str | None) -> str 
             return _decode_as(run, name, data, codec)
     if encoding is not None:
         return _decode_as(run, name, data, encoding)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        bad, line = data[err.start], _line_of(data, err.start)
     option = "pass --encoding ENC to `pipecast load` or set `encoding:` in the mapping"
-    if b"\x00" in data[:4096]:
+    if b"\x00" in data[:4096]:  # never in UTF-8 or Windows-1252 text; half of UTF-16's bytes
         run.problem(name, f"looks like UTF-16 without a byte-order mark: {option} (utf-16-le)")
         return None
+    try:
+        return Decoded(data.decode("utf-8"), utf8=True)
+    except UnicodeDecodeError as err:
+        bad, line = data[err.start], _line_of(data, err.start)
     try:
         text = data.decode(FALLBACK_ENCODING)
     except UnicodeDecodeError as err:
@@ -131,12 +138,12 @@ def decode(run: ImportRun, name: str, data: bytes, encoding: str | None) -> str 
         f"{printable(name)} is not UTF-8 (byte 0x{bad:02X} on line {line}): read as "
         f"{FALLBACK_ENCODING}; if that is wrong, {option}"
     )
-    return text
+    return Decoded(text, utf8=False)
 
 
-def _decode_as(run: ImportRun, name: str, data: bytes, codec: str) -> str | None:
+def _decode_as(run: ImportRun, name: str, data: bytes, codec: str) -> Decoded | None:
     try:
-        return data.decode(codec)
+        return Decoded(data.decode(codec), utf8=codecs.lookup(codec).name == "utf-8")
     except UnicodeDecodeError as err:
         run.problem(
             name,
@@ -157,9 +164,11 @@ def _delimiter(text: str) -> str:
     return best if counts[best] > counts[","] else ","
 
 
-def _header(text: str, delimiter: str) -> list[str] | None:
-    header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), None)
-    return [h.strip() for h in header] if header else None
+def _header(text: str, delimiter: str) -> tuple[list[str], int] | None:
+    """The header's names, and the lines it spans (a quoted name may hold a line break)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    return ([h.strip() for h in header], reader.line_num) if header else None
 
 
 def _unique_names(header: list[str]) -> tuple[list[str], dict[str, tuple[int, ...]]]:
@@ -176,20 +185,25 @@ def _unique_names(header: list[str]) -> tuple[list[str], dict[str, tuple[int, ..
     return names, dupes
 
 
-def _parse(buf: bytes, n: int, delimiter: str, block: int) -> tuple[pa.Table, int]:
-    """Every field as text; returns the table and how many rows had the wrong field count."""
+def _parse(
+    source: str | pa.Buffer, n: int, skip: int, delimiter: str, block: int
+) -> tuple[pa.Table, int]:
+    """Every field as text; returns the table and how many rows had the wrong field count.
+
+    ``skip``: the header's lines (pyarrow skips lines, not quoted records).
+    """
     invalid = [0]
 
-    def skip(_row: pacsv.InvalidRow) -> str:
+    def count(_row: pacsv.InvalidRow) -> str:
         invalid[0] += 1
         return "skip"
 
     names = [f"f{i}" for i in range(n)]
     table = pacsv.read_csv(
-        pa.py_buffer(buf),
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block),
+        source,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=block),
         parse_options=pacsv.ParseOptions(
-            delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip
+            delimiter=delimiter, newlines_in_values=True, invalid_row_handler=count
         ),
         convert_options=pacsv.ConvertOptions(
             column_types=dict.fromkeys(names, pa.string()),
@@ -225,58 +239,123 @@ def _records(text: str, delimiter: str, n: int) -> tuple[list[int], list[tuple[i
     return starts, ragged
 
 
-def _read_csv(run: ImportRun, path: Path, encoding: str | None) -> RawFile | None:
-    name = path.name
-    data = path.read_bytes()
-    text = decode(run, name, data, encoding)
-    if text is None:
+class _Content:
+    """A CSV file's bytes for the parser, and its text, decoded no further than needed.
+
+    A UTF-8 file (the common case) is parsed straight from disk, like a file of any size, and
+    only its head is decoded, for the header; pyarrow checks the rest is UTF-8. Any other file is
+    decoded whole and handed to the parser re-encoded as UTF-8.
+    """
+
+    def __init__(self, path: Path, decoded: Decoded | None, data: bytes | None) -> None:
+        self.path, self._decoded, self._data = path, decoded, data
+        self.on_disk = decoded is None
+
+    def source(self) -> str | pa.Buffer:
+        if self._decoded is None:
+            return str(self.path)
+        utf8 = self._decoded.utf8 and self._data is not None
+        return pa.py_buffer(self._data if utf8 else self._decoded.text.encode("utf-8"))
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self._data is None else len(self._data)
+
+    def head(self) -> str:
+        if self._decoded is not None:
+            return self._decoded.text[:_HEAD]
+        with self.path.open("rb") as fh:
+            return fh.read(_HEAD).decode("utf-8", errors="ignore")  # a cut character at the end
+
+    def text(self) -> str:
+        if self._decoded is None:
+            return self.path.read_bytes().decode("utf-8")
+        return self._decoded.text
+
+    def lines(self) -> int:
+        """Physical lines, counting a last line without a newline."""
+        if self._decoded is not None:
+            t = self._decoded.text
+            return t.count("\n") + (0 if t.endswith("\n") or not t else 1)
+        n, last = 0, b"\n"
+        with self.path.open("rb") as fh:
+            while chunk := fh.read(_BLOCK):
+                n, last = n + chunk.count(b"\n"), chunk[-1:]
+        return n + (0 if last == b"\n" else 1)
+
+    def release(self) -> None:
+        """Drop the bytes and text held: the parser has made its own copy."""
+        self._decoded = self._data = None
+
+
+def _content(run: ImportRun, path: Path, encoding: str | None, fast: bool) -> _Content | None:
+    """The file's content (``fast``: try parsing it from disk as UTF-8 first)."""
+    try:
+        with path.open("rb") as fh:
+            start = fh.read(4096)
+        utf8 = encoding is None or codecs.lookup(encoding).name == "utf-8"
+        marked = any(start.startswith(bom) for bom, _ in _BOMS) or b"\x00" in start
+        if fast and utf8 and not marked:
+            return _Content(path, None, None)
+        data = path.read_bytes()
+    except OSError as err:
+        run.problem(path.name, f"cannot be read: {printable(err.strerror or str(err))}")
         return None
-    delimiter = _delimiter(text)
-    header = _header(text, delimiter)
-    if not header:
+    decoded = decode(run, path.name, data, encoding)
+    return None if decoded is None else _Content(path, decoded, data)
+
+
+def _read_csv(run: ImportRun, path: Path, encoding: str | None) -> RawFile | None:
+    content = _content(run, path, encoding, fast=True)
+    try:
+        return None if content is None else _parse_content(run, path.name, content)
+    except _NotUtf8:  # found by the parser: decode it ourselves, to say where and what to do
+        content = _content(run, path, encoding, fast=False)
+        return None if content is None else _parse_content(run, path.name, content)
+
+
+class _NotUtf8(Exception):
+    pass
+
+
+def _parse_content(run: ImportRun, name: str, content: _Content) -> RawFile | None:
+    head = content.head()
+    delimiter = _delimiter(head)
+    found = _header(head, delimiter)
+    if found is None:
         run.problem(name, "is empty: no header row")
         return None
-    if delimiter != ",":
-        run.note(f"{printable(name)}: read with {delimiter!r} as the delimiter")
+    header, skip = found
     names, dupes = _unique_names(header)
-    buf = data if _is_plain_utf8(data, text) else text.encode("utf-8")
     try:
         try:
-            table, invalid = _parse(buf, len(names), delimiter, _BLOCK)
+            table, invalid = _parse(content.source(), len(names), skip, delimiter, _BLOCK)
         except pa.ArrowInvalid as err:
             if "straddl" not in str(err):
                 raise
-            table, invalid = _parse(buf, len(names), delimiter, min(len(buf) + 1, _MAX_BLOCK))
+            big = min(content.size() + 1, _MAX_BLOCK)
+            table, invalid = _parse(content.source(), len(names), skip, delimiter, big)
     except pa.ArrowInvalid as err:
+        if content.on_disk and "UTF8" in str(err):
+            raise _NotUtf8 from None
         run.problem(name, f"cannot be read as CSV: {printable(str(err))}")
         return None
-    lines = _line_index(run, name, text, delimiter, len(names), table.num_rows, invalid)
+    if delimiter != ",":
+        run.note(f"{printable(name)}: read with {delimiter!r} as the delimiter")
+    lines = _line_index(run, name, content, delimiter, len(names), table.num_rows, invalid)
     if invalid:
         return None
+    content.release()  # the file's bytes and text, before the frame is made
     frame = table.rename_columns(names).to_pandas()
     return RawFile(name, frame, is_csv=True, lines=lines, duplicates=dupes)
 
 
-def _is_plain_utf8(data: bytes, text: str) -> bool:
-    """True when ``data`` already is ``text`` in UTF-8 without a BOM (no re-encoding needed)."""
-    if data.startswith(codecs.BOM_UTF8):
-        return False
-    if len(data) == len(text):  # ASCII: every character one byte, whatever the codec
-        return data.isascii()
-    try:
-        return data.decode("utf-8") == text
-    except UnicodeDecodeError:
-        return False
-
-
 def _line_index(
-    run: ImportRun, name: str, text: str, delimiter: str, n: int, rows: int, invalid: int
+    run: ImportRun, name: str, content: _Content, delimiter: str, n: int, rows: int, invalid: int
 ) -> np.ndarray | None:
     """Lines of the data rows when they are not row + 1; ragged rows become problems."""
-    physical = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-    if not invalid and physical == rows + 1:
+    if not invalid and content.lines() == rows + 1:
         return None
-    starts, ragged = _records(text, delimiter, n)
+    starts, ragged = _records(content.text(), delimiter, n)
     for row, line, fields in ragged:
         run.problems.append(
             ImportProblem(

@@ -20,7 +20,8 @@ from features.data.importer.run import BOOKKEEPING, SRC, ImportRun
 # C0 controls but tab and newlines, DEL, and the C1 control-sequence introducer.
 _CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x9b]"
 # Spreadsheets treat = + - @ as the start of a formula; "+31 20..." and "-5%" are not.
-_FORMULA = r"^\s*(?:[=@]|[+\-]\s*[A-Za-z(])"
+# (No \s: pandas would leave RE2 for Python's slower re, row by row.)
+_FORMULA = r"^[ \t]*(?:[=@]|[+\-][ \t]*[A-Za-z(])"
 _UNSAFE = (
     ("terminal control characters", _CONTROL),
     ("text starting like a spreadsheet formula", _FORMULA),

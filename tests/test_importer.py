@@ -770,11 +770,12 @@ def test_empty_string_ids_in_parquet_are_refused(tmp_path: Path) -> None:
 
 
 # --- CSV reading (defect 12) ----------------------------------------------------------------------
-def test_a_field_of_several_megabytes_is_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [3_000_000, 20_000_000])
+def test_a_field_of_several_megabytes_is_read(tmp_path: Path, size: int) -> None:
     export = _copy(tmp_path, "canonical")
-    _edit(export / "deals.csv", _set(1, "next_step", "x" * 3_000_000))
+    _edit(export / "deals.csv", _set(1, "next_step", "x" * size))
     deals = read_export(export).tables.deals.set_index("deal_id")
-    assert len(deals.loc["D1", "next_step"]) == 3_000_000
+    assert len(deals.loc["D1", "next_step"]) == size
 
 
 def test_lines_are_exact_after_a_field_spanning_lines(tmp_path: Path) -> None:
@@ -875,6 +876,16 @@ def test_a_windows_1252_file_is_read_with_a_note(tmp_path: Path) -> None:
     (note,) = [n for n in result.notes if "not UTF-8" in n]
     assert note.startswith("deals.csv is not UTF-8 (byte 0xFC on line 2): read as windows-1252")
     assert "--encoding" in note
+
+
+def test_a_windows_1252_header_is_not_misread(tmp_path: Path) -> None:
+    """Only the header is not UTF-8: the column is found under its own name."""
+    export = _copy(tmp_path, "canonical")
+    _edit(export / "deals.csv", lambda f: f.rename(columns={"custom_buying_process": "custom_año"}))
+    _reencode(export / "deals.csv", "cp1252")
+    result = read_export(export)
+    assert "custom_año" in result.tables.deals.columns
+    assert any("deals.csv is not UTF-8 (byte 0xF1 on line 1)" in n for n in result.notes)
 
 
 def test_a_file_neither_utf8_nor_windows_1252_is_refused_naming_the_option(

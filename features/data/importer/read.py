@@ -247,8 +247,10 @@ class _Content:
     decoded whole and handed to the parser re-encoded as UTF-8.
     """
 
-    def __init__(self, path: Path, decoded: Decoded | None, data: bytes | None) -> None:
-        self.path, self._decoded, self._data = path, decoded, data
+    def __init__(
+        self, path: Path, decoded: Decoded | None, data: bytes | None, head: str = ""
+    ) -> None:
+        self.path, self._decoded, self._data, self._head = path, decoded, data, head
         self.on_disk = decoded is None
 
     def source(self) -> str | pa.Buffer:
@@ -261,10 +263,7 @@ class _Content:
         return self.path.stat().st_size if self._data is None else len(self._data)
 
     def head(self) -> str:
-        if self._decoded is not None:
-            return self._decoded.text[:_HEAD]
-        with self.path.open("rb") as fh:
-            return fh.read(_HEAD).decode("utf-8", errors="ignore")  # a cut character at the end
+        return self._head if self._decoded is None else self._decoded.text[:_HEAD]
 
     def text(self) -> str:
         if self._decoded is None:
@@ -291,17 +290,26 @@ def _content(run: ImportRun, path: Path, encoding: str | None, fast: bool) -> _C
     """The file's content (``fast``: try parsing it from disk as UTF-8 first)."""
     try:
         with path.open("rb") as fh:
-            start = fh.read(4096)
+            start = fh.read(_HEAD)
         utf8 = encoding is None or codecs.lookup(encoding).name == "utf-8"
-        marked = any(start.startswith(bom) for bom, _ in _BOMS) or b"\x00" in start
-        if fast and utf8 and not marked:
-            return _Content(path, None, None)
+        marked = any(start.startswith(bom) for bom, _ in _BOMS) or b"\x00" in start[:4096]
+        head = _utf8_head(start) if fast and utf8 and not marked else None
+        if head is not None:
+            return _Content(path, None, None, head)
         data = path.read_bytes()
     except OSError as err:
         run.problem(path.name, f"cannot be read: {printable(err.strerror or str(err))}")
         return None
     decoded = decode(run, path.name, data, encoding)
     return None if decoded is None else _Content(path, decoded, data)
+
+
+def _utf8_head(start: bytes) -> str | None:
+    """The first bytes of a file as UTF-8 text (a character cut at the end is left out)."""
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+    except UnicodeDecodeError:
+        return None
 
 
 def _read_csv(run: ImportRun, path: Path, encoding: str | None) -> RawFile | None:

@@ -6,12 +6,10 @@ import sys
 import pytest
 
 from features.data.calendar import to_timestamp
-from features.data.stages import load_stage_config
 from features.pipeline.metrics import compute_metrics
 from features.pipeline.plots import plot_pipeline
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
 AS_OF = to_timestamp("2025-06-15")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -50,29 +48,29 @@ def png_size(path):
 
 
 @pytest.mark.parametrize("targets", [(("company", "company", "2025Q2", 100_000.0),), ()])
-def test_png_written(tmp_path, targets):
-    metrics = compute_metrics(build(targets), CFG, AS_OF)
+def test_png_written(tmp_path, targets, cfg):
+    metrics = compute_metrics(build(targets), cfg, AS_OF)
     assert (metrics.coverage.target is None) == (not targets)
-    out = plot_pipeline(metrics, CFG, tmp_path / "health.png")
+    out = plot_pipeline(metrics, cfg, tmp_path / "health.png")
     assert out == tmp_path / "health.png"
     assert png_size(out) == (1430, 1045)  # 13 x 9.5 in at 110 dpi
     assert out.stat().st_size > 30_000  # three drawn panels, not a blank canvas
     assert out.read_bytes().endswith(b"IEND\xaeB`\x82")
 
 
-def test_no_open_deals_still_draws(tmp_path):
+def test_no_open_deals_still_draws(tmp_path, cfg):
     # As of a day before any deal existed: every count is zero, every median unknown.
-    metrics = compute_metrics(build(), CFG, to_timestamp("2024-01-01"))
+    metrics = compute_metrics(build(), cfg, to_timestamp("2024-01-01"))
     assert metrics.open_pipeline.count == 0
-    out = plot_pipeline(metrics, CFG, tmp_path / "empty.png")
+    out = plot_pipeline(metrics, cfg, tmp_path / "empty.png")
     assert png_size(out) == (1430, 1045)
 
 
-def test_leaves_no_pyplot_state(tmp_path):
+def test_leaves_no_pyplot_state(tmp_path, cfg):
     import matplotlib
 
     backend = matplotlib.get_backend()
-    plot_pipeline(compute_metrics(build(), CFG, AS_OF), CFG, tmp_path / "a.png")
+    plot_pipeline(compute_metrics(build(), cfg, AS_OF), cfg, tmp_path / "a.png")
     assert matplotlib.get_backend() == backend
     # No pyplot figure was opened (pyplot may not even be imported).
     plt = sys.modules.get("matplotlib.pyplot")

@@ -3,7 +3,8 @@ import pytest
 
 from features.data.calendar import quarter_bounds, quarter_of, to_timestamp
 from features.data.stages import load_stage_config
-from features.signals.pointintime import deal_states, deal_states_as_of
+from features.errors import NotFoundError
+from features.signals.pointintime import deal_states, deal_states_as_of, tracked_since
 from tests.factory import deal, tables
 
 CFG = load_stage_config()
@@ -114,3 +115,135 @@ def test_calendar_helpers():
     start, end = quarter_bounds("2025Q4")
     assert start == pd.Timestamp("2025-10-01") and end.date().isoformat() == "2025-12-31"
     assert to_timestamp("2025-03-01") > pd.Timestamp("2025-03-01 23:59")
+
+
+# --- strict: the deal row speaks for its observed_at and later ----------------------------------
+def _partial_export():
+    """A Salesforce-like export: amount is tracked (from 1 Feb), the forecast category is not.
+    C closed won on 20 May; its row holds the final values written at the close."""
+    return tables(
+        deals=[
+            deal(
+                "C",
+                "2025-01-10",
+                stage="closed_won",
+                outcome="won",
+                closed_at="2025-05-20",
+                amount=90_000.0,
+                expected_close_date="2025-05-20",
+                forecast_category="closed",
+                next_step="signed",
+                observed_at="2025-06-30",
+            ),
+            deal("O", "2025-01-10", forecast_category="commit", observed_at="2025-06-30"),
+        ],
+        stage_history=[
+            ("C", "qualification", "2025-01-10"),
+            ("C", "closed_won", "2025-05-20"),
+            ("O", "qualification", "2025-01-10"),
+        ],
+        field_history=[
+            ("O", "amount", "80000.0", "100000.0", "2025-02-01"),
+            ("C", "amount", "120000.0", "90000.0", "2025-05-20"),
+        ],
+    )
+
+
+def _strict(data, day, **kw):
+    return deal_states_as_of(data, to_timestamp(day), CFG, strict=True, **kw).set_index("deal_id")
+
+
+def test_strict_untracked_fields_are_unknown_before_the_export_for_every_deal():
+    s = _strict(_partial_export(), "2025-04-01")
+    for d in ("C", "O"):  # open at the export or closed later: the same
+        assert pd.isna(s.loc[d, "forecast_category"]) and not s.loc[d, "forecast_category_known"]
+        assert pd.isna(s.loc[d, "expected_close_date"]) and pd.isna(s.loc[d, "next_step"])
+        assert not s.loc[d, "history_known"] and s.loc[d, "amount_known"]
+    assert s.loc["C", "amount"] == 120_000.0  # the old value of the closing change
+    assert s.loc["O", "amount"] == 100_000.0
+    assert bool(s.loc["C", "is_open"]) and s.loc["C", "stage"] == "qualification"
+    # the legacy rule read the row: the outcome on a date the deal was still open
+    legacy = deal_states_as_of(_partial_export(), to_timestamp("2025-04-01"), CFG)
+    assert legacy.set_index("deal_id").loc["C", "forecast_category"] == "closed"
+
+
+def test_strict_never_shows_a_closed_category_on_an_open_deal():
+    dates = [to_timestamp(d) for d in ("2025-01-31", "2025-03-15", "2025-05-19", "2025-06-30")]
+    s = deal_states(_partial_export(), dates, CFG, strict=True)
+    open_rows = s[s["is_open"]]
+    assert len(open_rows) == 7
+    assert not open_rows["forecast_category"].isin(["closed", "omitted"]).any()
+
+
+def test_strict_tracking_starts_with_the_first_logged_change():
+    """Before the first logged change of a field anywhere, its changes were not logged: even the
+    old value of a later change may have been set after the date."""
+    s = _strict(_partial_export(), "2025-01-20")
+    assert pd.isna(s.loc["O", "amount"]) and pd.isna(s.loc["C", "amount"])
+    s = _strict(_partial_export(), "2025-02-01")  # the first change's own day
+    assert s.loc["O", "amount"] == 100_000.0 and s.loc["C", "amount"] == 120_000.0
+
+
+def test_strict_closed_deals_keep_their_row_after_the_close():
+    s = _strict(_partial_export(), "2025-06-01")
+    assert s.loc["C", "outcome"] == "won" and s.loc["C", "forecast_category"] == "closed"
+    assert s.loc["C", "amount"] == 90_000.0 and s.loc["C", "next_step"] == "signed"
+
+
+def test_the_row_speaks_at_and_after_its_observed_at():
+    """A newer export whose row changed without history rows: the row holds from observed_at;
+    a stage that differs from the last stage-history row has an unknown entry time."""
+    data = _partial_export()
+    deals = data.deals.copy()
+    o = deals["deal_id"] == "O"
+    deals.loc[o, "stage"] = "proposal"
+    deals.loc[o, "amount"] = 150_000.0
+    newer = type(data)(**{**dict(data.items()), "deals": deals})
+    for strict in (True, False):
+        s = deal_states_as_of(newer, to_timestamp("2025-06-30"), CFG, strict=strict)
+        row = s.set_index("deal_id").loc["O"]
+        assert row["stage"] == "proposal" and pd.isna(row["stage_entered_at"])
+        assert row["amount"] == 150_000.0 and row["forecast_category"] == "commit"
+        assert row["history_known"]
+    # before observed_at, dated history still speaks
+    assert _strict(newer, "2025-06-29").loc["O", "amount"] == 100_000.0
+    # a change stamped after observed_at is newer than the row
+    later = type(data)(
+        **{
+            **dict(newer.items()),
+            "field_history": pd.concat(
+                [
+                    newer.field_history,
+                    pd.DataFrame(
+                        [["O", "amount", "150000.0", "170000.0", pd.Timestamp("2025-07-02")]],
+                        columns=newer.field_history.columns,
+                    ),
+                ],
+                ignore_index=True,
+            ),
+        }
+    )
+    assert _strict(later, "2025-07-01").loc["O", "amount"] == 150_000.0
+    assert _strict(later, "2025-07-02").loc["O", "amount"] == 170_000.0
+
+
+def test_custom_columns_before_the_export_only_when_declared_static():
+    data = tables(
+        deals=[
+            deal("D", "2025-01-10", custom_region="EU", custom_reason="won on price"),
+        ],
+        stage_history=[("D", "qualification", "2025-01-10")],
+    )
+    s = _strict(data, "2025-03-01", static_custom=["region"])
+    assert s.loc["D", "custom_region"] == "EU" and pd.isna(s.loc["D", "custom_reason"])
+    assert _strict(data, "2025-12-31", static_custom=[]).loc["D", "custom_reason"] == "won on price"
+    legacy = deal_states_as_of(data, to_timestamp("2025-03-01"), CFG)
+    assert legacy.iloc[0]["custom_reason"] == "won on price"  # None: the row at every date
+    with pytest.raises(NotFoundError, match="custom_nope"):
+        _strict(data, "2025-03-01", static_custom=["nope"])
+
+
+def test_tracked_since_is_the_first_change_of_each_field():
+    since = tracked_since(_partial_export().field_history)
+    assert since == {"amount": pd.Timestamp("2025-02-01")}
+    assert tracked_since(tables(deals=[]).field_history) == {}

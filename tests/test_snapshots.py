@@ -193,3 +193,20 @@ def test_cli_snapshots_writes_parquet(monkeypatch: pytest.MonkeyPatch, tmp_path:
         app, ["snapshots", "--start", "2025-06-01", "--end", "2025-01-01", "--out", str(out)]
     )
     assert bad.exit_code != 0 and "before --start" in bad.output
+
+
+def test_custom_columns_in_snapshots_follow_the_point_in_time_rule() -> None:
+    data = _data()
+    deals = data.deals.assign(custom_region="EU", custom_close_note=None)
+    deals.loc[deals["deal_id"] == "W", "custom_close_note"] = "PO received"
+    data = CanonicalTables(**{**dict(data.items()), "deals": deals})
+    s = build_snapshots(
+        data,
+        CFG,
+        start="2025-01-01",
+        end="2025-12-31",
+        custom=["close_note"],
+        static_custom=["region"],
+    )
+    assert (s["custom_region"] == "EU").all()
+    assert s["custom_close_note"].isna().all()  # written at the close: never before the export

@@ -91,6 +91,8 @@ TRACKED_FIELDS: tuple[str, ...] = (
     "next_step",
     "next_step_date",
 )
+# Tracked fields whose values are dates (ISO ``YYYY-MM-DD`` text in field_history).
+DATE_FIELDS: frozenset[str] = frozenset({"expected_close_date", "next_step_date"})
 
 
 class DealsSchema(pa.DataFrameModel):
@@ -155,9 +157,12 @@ class FieldHistorySchema(pa.DataFrameModel):
 
 
 class ActivitiesSchema(pa.DataFrameModel):
+    """Contacts with the customer. ``type`` is missing for a kind the CRM mapping does not name:
+    it still counts as an activity, in no per-type count."""
+
     activity_id: Series[str] = pa.Field(unique=True)
     deal_id: Series[str]
-    type: Series[str] = pa.Field(isin=_values(ActivityType))
+    type: Series[str] = pa.Field(nullable=True, isin=_values(ActivityType))
     occurred_at: Series[pd.Timestamp]
 
     class Config:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from features.pipeline.facts import over_stage_limit
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -105,7 +107,8 @@ def _time_in_stage(ax: Axes, m: PipelineMetrics, factor: float) -> None:
             ax.text(0, i, " no open deals", va="center", fontsize=8, color=_MUTED)
         else:
             color = _OPEN
-            if limit is not None and median > limit:
+            # the hygiene rule's boundary: a median of exactly the limit is not over it
+            if limit is not None and over_stage_limit(median, limit):
                 color = _BAD
             elif norm is not None and median > norm:
                 color = _WARN

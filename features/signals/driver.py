@@ -19,8 +19,12 @@ Rules that keep it honest:
   date), ``field_changes_known`` (change counts) and ``stage_entry_known`` (days in stage) —
   never invented.
 
-Static attributes (segment, product, competitor, ``custom_*``) are the deal row's current values;
-they are assumed known from creation. Custom columns are included only when the caller lists them.
+Static attributes (segment, product, competitor, owner, team) are the deal row's current values,
+assumed known from creation (``pointintime.STATIC_COLUMNS``; ``pipecast audit`` checks whether
+they separate won from lost long before the close). Custom columns are included only when the
+caller lists them, and are missing before the row's ``observed_at`` unless declared fixed at
+creation (``static_custom``). Tracked fields follow the rule of :mod:`features.signals.pointintime`:
+before ``observed_at`` only dated history speaks, ``<field>_known`` says whether it did.
 
 Everything is set-based: sorted composite keys and ``np.searchsorted``, no loop per deal. The only
 loop is one ``np.median`` per (rep or team, distinct close count), which is small.
@@ -35,10 +39,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.data.schema import CUSTOM_PREFIX, CanonicalTables
+from features.data.schema import TRACKED_FIELDS, CanonicalTables
 from features.data.stages import StageConfig
 from features.signals.events import codes, flag
-from features.signals.pointintime import deal_states
+from features.signals.pointintime import custom_column_names, deal_states, known_column
 from features.signals.registry import SIGNALS, execute
 
 # Family modules register their signals on import; this order is the column order.
@@ -63,23 +67,13 @@ _STATE_INPUTS = (
     "team",
     "history_known",
     "stage_known",
+    *(known_column(f) for f in TRACKED_FIELDS),
 )
+_FLAGS = ("history_known", "stage_known", *(known_column(f) for f in TRACKED_FIELDS))
 
 
 # Inputs that vary with the rows; every other node depends on the tables only (reusable).
 ROW_INPUTS = frozenset({"as_of", "deal_code", "history_source", *_STATE_INPUTS})
-
-
-def custom_column_names(deals: pd.DataFrame, custom: Iterable[str]) -> list[str]:
-    """Resolve ``industry`` or ``custom_industry`` to deal columns; unknown names fail loudly."""
-    names = []
-    for name in custom:
-        col = name if name.startswith(CUSTOM_PREFIX) else CUSTOM_PREFIX + name
-        if col not in deals.columns:
-            known = [c for c in deals.columns if c.startswith(CUSTOM_PREFIX)]
-            raise KeyError(f"custom column {col!r} is not in deals; mapped custom columns: {known}")
-        names.append(col)
-    return names
 
 
 def compute_signals(
@@ -90,20 +84,28 @@ def compute_signals(
     open_only: bool = True,
     deal_ids: Iterable[str] | None = None,
     custom: Iterable[str] = (),
+    static_custom: Iterable[str] = (),
     cache: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Signals of every (open) deal at each date: columns deal_id, as_of, owner, team, then
-    :data:`SIGNALS` in registry order, then the listed ``custom_*`` columns (static attributes).
+    :data:`SIGNALS` in registry order, then the listed ``custom_*`` columns.
 
-    ``deal_ids`` restricts the rows; rep and team statistics still use every deal. ``cache``
-    (an empty dict at first) keeps table-level indexes between calls on the *same* tables.
+    A custom column carries no history: it is missing before the deal row's ``observed_at``
+    unless it is listed in ``static_custom`` (declared fixed at creation; listed there, it is
+    included too). ``deal_ids`` restricts the rows; rep and team statistics still use every
+    deal. ``cache`` (an empty dict at first) keeps table-level indexes between calls on the
+    *same* tables. An unknown custom column raises :class:`~features.errors.NotFoundError`.
     """
     deals = tables.deals
+    fixed = custom_column_names(deals, static_custom)
+    wanted = list(dict.fromkeys([*custom_column_names(deals, custom), *fixed]))
     subset = tables
     if deal_ids is not None:
         subset = replace(tables, deals=deals[deals["deal_id"].isin(list(deal_ids))])
     dates = [as_of_dates] if isinstance(as_of_dates, pd.Timestamp) else list(as_of_dates)
-    states = deal_states(subset, dates, stages, open_only=open_only)
+    states = deal_states(
+        subset, dates, stages, open_only=open_only, strict=True, static_custom=fixed
+    )
     all_deals = deals.reset_index(drop=True)
     index = pd.Index(all_deals["deal_id"])
     code = codes(states["deal_id"], index)
@@ -120,7 +122,7 @@ def compute_signals(
     }
     for col in _STATE_INPUTS:
         inputs[col] = states[col].reset_index(drop=True)
-    for col in ("history_known", "stage_known"):
+    for col in _FLAGS:
         inputs[col] = flag(states[col].to_numpy())
     values = execute(inputs, SIGNALS, cache, row_inputs=ROW_INPUTS)
     out = pd.DataFrame(
@@ -135,7 +137,7 @@ def compute_signals(
         out[name] = (
             np.asarray(values[name]) if name not in _STATE_INPUTS else values[name].to_numpy()
         )
-    for col in custom_column_names(deals, custom):
+    for col in wanted:
         out[col] = states[col].to_numpy()
     return out
 

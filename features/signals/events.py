@@ -13,26 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-US_PER_DAY = 86_400_000_000
-NAT = np.iinfo(np.int64).min
-
-
-def micros(values: Any) -> np.ndarray:
-    """Timestamps as int64 microseconds (NaT -> int64 min)."""
-    arr = pd.to_datetime(pd.Series(values)).astype("datetime64[us]").to_numpy()
-    return arr.view("int64")
-
-
-def day_number(values: Any) -> np.ndarray:
-    """Calendar day number (days since epoch) as float, NaN for missing."""
-    us = micros(values)
-    out = np.floor_divide(us, US_PER_DAY).astype("float64")
-    out[us == NAT] = np.nan
-    return out
-
-
-def days_between(later: Any, earlier: Any) -> pd.Series:
-    return pd.Series(day_number(later) - day_number(earlier))
+# The day arithmetic is the calendar's (one definition for signals, metrics, hygiene and review).
+from features.data.calendar import NAT as NAT
+from features.data.calendar import US_PER_DAY as US_PER_DAY
+from features.data.calendar import day_number as day_number
+from features.data.calendar import days_between as days_between
+from features.data.calendar import micros as micros
 
 
 def codes(values: pd.Series, categories: Sequence[Any] | pd.Index) -> np.ndarray:

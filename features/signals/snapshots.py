@@ -99,26 +99,39 @@ def build_snapshots(
     custom: Iterable[str] = (),
     chunk_dates: int = 26,
     progress: Progress | None = None,
+    static_custom: Iterable[str] = (),
 ) -> pd.DataFrame:
     """One row per deal open at each snapshot date in [start, end]: signals, then the labels.
 
     Dates after the end of the data are dropped (nothing is known there yet). Dates are processed
     ``chunk_dates`` at a time to bound memory; ``progress(done, total)`` is called per chunk.
+    ``custom`` and ``static_custom`` are passed to
+    :func:`~features.signals.driver.compute_signals` (custom columns are missing before the
+    export unless declared fixed at creation).
     """
     horizon = data_end(tables)
     dates = [d for d in snapshot_dates(start, end, freq) if d <= horizon]
     custom = list(custom)
+    static_custom = list(static_custom)
     parts: list[pd.DataFrame] = []
     cache: dict[str, Any] = {}  # event indexes, built once for all chunks
     done = 0
     for chunk in _chunks(dates, max(chunk_dates, 1)):
-        signals = compute_signals(tables, chunk, stages, open_only=True, custom=custom, cache=cache)
+        signals = compute_signals(
+            tables,
+            chunk,
+            stages,
+            open_only=True,
+            custom=custom,
+            static_custom=static_custom,
+            cache=cache,
+        )
         labels = outcome_labels(signals[["deal_id", "as_of"]], tables.deals)
         parts.append(pd.concat([signals, labels], axis=1))
         done += len(chunk)
         if progress is not None:
             progress(done, len(dates))
     if not parts:
-        empty = compute_signals(tables, [], stages, custom=custom)
+        empty = compute_signals(tables, [], stages, custom=custom, static_custom=static_custom)
         return pd.concat([empty, outcome_labels(empty[["deal_id", "as_of"]], tables.deals)], axis=1)
     return pd.concat(parts, ignore_index=True)

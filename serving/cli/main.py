@@ -85,16 +85,44 @@ def load(
     exported_at: Annotated[
         str | None, typer.Option("--exported-at", help="when the export was taken (ISO)")
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="refuse values of loss reason, activity type, role, forecast category, segment "
+            "or product that the mapping does not map (default: store other/missing, noted)",
+        ),
+    ] = False,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            "--encoding",
+            help="text encoding of every CSV file, e.g. windows-1252 or utf-16 (overrides the "
+            "mapping; default: UTF-8, else Windows-1252 with a note)",
+        ),
+    ] = None,
+    problems_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--problems-out", help="write every problem (file, row, line, column, message) here"
+        ),
+    ] = None,
 ) -> None:
     """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing.
 
     The store stays readable while it loads; a second load waits for the first (up to
     PIPECAST_LOCK_TIMEOUT seconds), then says the store is busy.
     """
-    from features.data.importer import ImportValidationError, read_export
+    from features.data.importer import (
+        ImportValidationError,
+        check_encoding,
+        read_export,
+        write_problems_csv,
+    )
     from features.data.mapping import load_mapping
     from features.data.store import Store
 
+    check_encoding(encoding)  # before the store is opened: a typo changes nothing
     config = load_stages(stages)
     spec = load_mapping(mapping) if mapping else None
     when = parse_time(exported_at, "--exported-at").to_pydatetime() if exported_at else None
@@ -103,14 +131,23 @@ def load(
         known = store.deal_ids()
         try:
             result = read_export(
-                path, mapping=spec, stages=config, exported_at=when, known_deal_ids=known
+                path,
+                mapping=spec,
+                stages=config,
+                exported_at=when,
+                known_deal_ids=known,
+                strict=strict,
+                encoding=encoding,
             )
         except ImportValidationError as err:
+            if problems_out is not None:
+                n = write_problems_csv(err.problems, problems_out)
+                echo(f"wrote {n:,} problems to {problems_out}", err=True)
             raise DataImportError(f"import refused, {store_file} unchanged:\n{err}") from None
-        # Columns the export carried (the importer reports them); a column it lacks keeps the
-        # stored values. Older importers do not say, and then every column counts as provided.
-        provided = getattr(result, "provided", None)
-        report = store.load(result.tables, provided=provided)
+        if problems_out is not None:
+            write_problems_csv([], problems_out)
+        # Columns the export carried: a column it lacks keeps the stored values.
+        report = store.load(result.tables, provided=result.provided)
     for note in result.notes:
         echo(f"note: {note}")
     added = ", ".join(f"{k} +{v:,}" for k, v in report.inserted.items())
@@ -158,11 +195,13 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
 
 
 def _register_commands() -> None:
+    from serving.cli import audit as cli_audit
     from serving.cli import pipeline as cli_pipeline
     from serving.cli import signals as cli_signals
 
     cli_signals.register(app)
     cli_pipeline.register(app)
+    cli_audit.register(app)
 
 
 _register_commands()

@@ -186,7 +186,7 @@ def hygiene(
 ) -> None:
     """Hygiene flags of open deals as of a date (zombie deals, missing next steps, ...)."""
     from features.pipeline.hygiene import hygiene_flags, stage_outliers
-    from features.pipeline.metrics import jsonable
+    from features.serialize import jsonable
 
     when = cli_common.parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)

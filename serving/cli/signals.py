@@ -43,7 +43,19 @@ KEY_SIGNALS: tuple[tuple[str, str], ...] = (
 
 CustomOption = Annotated[
     list[str] | None,
-    typer.Option("--custom", help="mapped custom column to include (repeatable), e.g. industry"),
+    typer.Option(
+        "--custom",
+        help="mapped custom column to include (repeatable), e.g. industry; it carries no "
+        "history, so it is missing before the export unless given with --static-custom",
+    ),
+]
+StaticCustomOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--static-custom",
+        help="custom column declared fixed at creation (repeatable): included, and known at "
+        "every date (check it with `pipecast audit`)",
+    ),
 ]
 
 
@@ -72,6 +84,7 @@ def signals(
     ] = None,
     owner: Annotated[str | None, typer.Option("--owner", help="only this rep's deals")] = None,
     custom: CustomOption = None,
+    static_custom: StaticCustomOption = None,
     db: DbOption = None,
     stages: StagesOption = None,
     as_json: JsonOption = False,
@@ -83,16 +96,14 @@ def signals(
 
     when = parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
-    try:
-        frame = compute_signals(
-            ctx.tables,
-            [when],
-            ctx.stages,
-            deal_ids=[deal] if deal else None,
-            custom=custom or (),
-        )
-    except KeyError as err:  # an unknown --custom column
-        raise NotFoundError(f"--custom: {err.args[0]}") from None
+    frame = compute_signals(
+        ctx.tables,
+        [when],
+        ctx.stages,
+        deal_ids=[deal] if deal else None,
+        custom=custom or (),
+        static_custom=static_custom or (),
+    )
     if owner:
         frame = frame[frame["owner"] == owner]
     if deal and frame.empty:
@@ -125,6 +136,7 @@ def snapshots(
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
     freq: Annotated[str, typer.Option("--freq", help="pandas date frequency")] = "W-MON",
     custom: CustomOption = None,
+    static_custom: StaticCustomOption = None,
     db: DbOption = None,
     stages: StagesOption = None,
 ) -> None:
@@ -151,18 +163,16 @@ def snapshots(
         def tick(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        try:
-            frame = build_snapshots(
-                ctx.tables,
-                ctx.stages,
-                start=start_ts,
-                end=end_ts,
-                freq=freq,
-                custom=custom or (),
-                progress=tick,
-            )
-        except KeyError as err:  # an unknown --custom column
-            raise NotFoundError(f"--custom: {err.args[0]}") from None
+        frame = build_snapshots(
+            ctx.tables,
+            ctx.stages,
+            start=start_ts,
+            end=end_ts,
+            freq=freq,
+            custom=custom or (),
+            static_custom=static_custom or (),
+            progress=tick,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
     n_dates = frame["as_of"].nunique()

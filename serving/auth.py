@@ -116,9 +116,11 @@ class KeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        # (file identity, active keys by hash): one stat per request instead of a parse.
+        self._cache: tuple[tuple[int, int, int], dict[str, ApiKey]] | None = None
 
     # --- reading ---------------------------------------------------------------------------
-    def keys(self) -> list[ApiKey]:
+    def all(self) -> list[ApiKey]:
         if not self.path.exists():
             return []
         try:
@@ -128,7 +130,18 @@ class KeyStore:
             raise PipecastError(f"{self.path}: not a pipecast keys file ({err})") from None
 
     def by_hash(self) -> dict[str, ApiKey]:
-        return {k.key_hash: k for k in self.keys() if k.active}
+        """Active keys by hash; re-read only when the file changed (a revoke applies at once)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._cache
+        if cached is not None and cached[0] == ident:
+            return cached[1]
+        keys = {k.key_hash: k for k in self.all() if k.active}
+        self._cache = (ident, keys)
+        return keys
 
     def authenticate(self, token: str | None) -> Caller:
         """The caller behind a bearer token, or :class:`AuthError`."""
@@ -146,7 +159,7 @@ class KeyStore:
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = self.keys()
+            keys = self.all()
             yield keys
             payload = {"keys": [asdict(k) for k in keys]}
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
@@ -186,6 +199,6 @@ class KeyStore:
         with self._locked() as keys:
             for i, key in enumerate(keys):
                 if key.key_id == key_id and key.active:
-                    keys[i] = replace(key, revoked_at=datetime.now(UTC).isoformat("seconds"))
+                    keys[i] = replace(key, revoked_at=datetime.now(UTC).isoformat(timespec="seconds"))
                     return keys[i]
         raise NotFoundError(f"no active key with id {key_id!r}; `pipecast keys list` shows them")

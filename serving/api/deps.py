@@ -9,8 +9,7 @@ import pandas as pd
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from features.data.calendar import to_timestamp
-from features.errors import InputError
+from features.data.calendar import parse_when
 from serving.api.errors import ServiceUnavailable
 from serving.api.settings import ApiSettings
 from serving.api.state import AppState, Snapshot
@@ -76,10 +75,7 @@ def resolve_as_of(as_of: date | datetime | None, snap: Snapshot) -> pd.Timestamp
         if end is None:
             raise ServiceUnavailable("the store holds no deals yet: import data first")
         return end
-    try:
-        return to_timestamp(as_of)
-    except (ValueError, OverflowError) as err:
-        raise InputError(f"as_of: cannot use {as_of!r}: {err}") from None
+    return parse_when(as_of, "as_of")
 
 
 def check_scope_exists(snap: Snapshot, *, team: str | None, owner: str | None) -> None:

@@ -76,7 +76,9 @@ def install(app: FastAPI) -> None:
     async def _internal(request: Request, err: Exception) -> JSONResponse:
         rid = request_id(request)
         log.exception("internal error in %s %s [request %s]", request.method, request.url.path, rid)
+        # This handler runs outside the request-id middleware: set the header here too.
         return JSONResponse(
             {"detail": "internal error; the server log has the details", "request_id": rid},
             status_code=500,
+            headers={"X-Request-ID": rid},
         )

@@ -63,7 +63,8 @@ class StoreCache:
     def current(self) -> Snapshot:
         if not self.path.exists():
             raise ServiceUnavailable(
-                f"no store at {self.path}: load data first (`pipecast load` or POST /v1/data/import)"
+                f"no store at {self.path}: load data first "
+                "(`pipecast load` or POST /v1/data/import)"
             )
         version = _version(self.path)
         snap = self._snapshot

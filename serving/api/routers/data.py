@@ -13,9 +13,8 @@ from fastapi import APIRouter, File, Form, UploadFile
 from pydantic import BaseModel
 
 from features.data.calendar import to_timestamp
-from features.data.importer import read_export
+from features.data.loading import load_export
 from features.data.mapping import Mapping, load_mapping
-from features.data.store import Store
 from features.errors import InputError
 from serving.api.deps import RevOpsDep, SettingsDep, StateDep
 
@@ -28,6 +27,7 @@ class ImportReport(BaseModel):
     files: list[str]
     inserted: dict[str, int]
     updated_deals: int
+    recorded_changes: int
     notes: list[str]
 
 
@@ -98,6 +98,12 @@ def import_export(
     ] = None,
     mapping_file: Annotated[UploadFile | None, File(description="your own mapping YAML")] = None,
     exported_at: Annotated[datetime | None, Form(description="when the export was taken")] = None,
+    strict: Annotated[
+        bool, Form(description="refuse descriptive values the mapping does not map")
+    ] = False,
+    encoding: Annotated[
+        str | None, Form(description="text encoding of the CSV files, e.g. windows-1252")
+    ] = None,
 ) -> ImportReport:
     with tempfile.TemporaryDirectory(prefix="pipecast-import-") as tmp:
         folder = Path(tmp)
@@ -106,19 +112,19 @@ def import_export(
         export.mkdir()
         names = _save(files, export, settings.max_upload_bytes)
         when = to_timestamp(exported_at).to_pydatetime() if exported_at else None
-        db = state.store.path
-        with Store(db) as store:
-            result = read_export(
-                export,
-                mapping=spec,
-                stages=state.stages,
-                exported_at=when,
-                known_deal_ids=store.deal_ids(),
-            )
-            report = store.load(result.tables)
+        loaded = load_export(
+            export,
+            state.store.path,
+            stages=state.stages,
+            mapping=spec,
+            exported_at=when,
+            strict=strict,
+            encoding=encoding,
+        )
     return ImportReport(
         files=names,
-        inserted=report.inserted,
-        updated_deals=report.updated_deals,
-        notes=result.notes,
+        inserted=loaded.report.inserted,
+        updated_deals=loaded.report.updated_deals,
+        recorded_changes=loaded.report.recorded_changes,
+        notes=loaded.notes,
     )

@@ -199,6 +199,7 @@ class KeyStore:
         with self._locked() as keys:
             for i, key in enumerate(keys):
                 if key.key_id == key_id and key.active:
-                    keys[i] = replace(key, revoked_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                    now = datetime.now(UTC).isoformat(timespec="seconds")
+                    keys[i] = replace(key, revoked_at=now)
                     return keys[i]
         raise NotFoundError(f"no active key with id {key_id!r}; `pipecast keys list` shows them")

@@ -16,6 +16,7 @@ knows what a number covers.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -111,6 +112,24 @@ def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def session_secret(keys_file: Path) -> str:
+    """The secret that signs web session cookies: made once beside the keys file (mode 600), so
+    every worker of a server, and the next server, accept the same cookies."""
+    path = keys_file.with_name(keys_file.name + ".session-secret")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole to a temporary file, then linked in: a second process either wins the
+        # link or reads the complete secret of the first, never half of it.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_urlsafe(48))
+        os.chmod(tmp, 0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        os.unlink(tmp)
+    return path.read_text(encoding="ascii").strip()
+
+
 class KeyStore:
     """The keys file: created on first write, replaced atomically, writes serialised by a lock."""
 
@@ -147,7 +166,11 @@ class KeyStore:
         """The caller behind a bearer token, or :class:`AuthError`."""
         if not token:
             raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-        key = self.by_hash().get(hash_key(token.strip()))
+        return self.caller_by_hash(hash_key(token.strip()))
+
+    def caller_by_hash(self, key_hash: str) -> Caller:
+        """The caller of a key known by its hash (a web session keeps the hash, not the key)."""
+        key = self.by_hash().get(key_hash)
         if key is None:
             raise AuthError("unknown or revoked API key")
         return Caller(key.key_id, key.role, key.owner, key.team)
@@ -181,9 +204,12 @@ class KeyStore:
             raise InputError("a rep key needs --owner (the rep whose deals it may see)")
         if role is Role.MANAGER and not team:
             raise InputError("a manager key needs --team (the team it may see)")
-        token = KEY_PREFIX + secrets.token_urlsafe(32)
+        # The id (hex: safe as a command-line argument) leads the token, so a user can tell which
+        # key a token is; the rest is the secret.
+        key_id = secrets.token_hex(_ID_CHARS // 2)
+        token = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         key = ApiKey(
-            key_id=token[len(KEY_PREFIX) : len(KEY_PREFIX) + _ID_CHARS],
+            key_id=key_id,
             key_hash=hash_key(token),
             role=role,
             owner=owner if role is not Role.REVOPS else None,

@@ -167,12 +167,12 @@ def test_bad_queries(api: Api, query: str, status: int, needle: str) -> None:
 def test_internal_error_is_500_with_request_id_and_no_traceback(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from serving.api.routers import pipeline
+    from serving.api import views
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(pipeline, "hygiene_flags", boom)
+    monkeypatch.setattr(views, "hygiene_flags", boom)
     response = api.get("/v1/pipeline/hygiene?as_of=2025-10-01")
     assert response.status_code == 500  # type: ignore[attr-defined]
     body = response.json()  # type: ignore[attr-defined]

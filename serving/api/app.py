@@ -6,13 +6,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
 
 from features.data.stages import load_stage_config
 from serving.api import errors
 from serving.api.routers import data, health, pipeline
 from serving.api.settings import ApiSettings
 from serving.api.state import AppState, ResultCache, StoreCache
-from serving.auth import KeyStore
+from serving.auth import KeyStore, session_secret
+from serving.web import pages
 
 API_VERSION = "1"
 
@@ -48,4 +51,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     for router in (health.router, pipeline.router, data.router):
         app.include_router(router)
+    # Web pages: a login puts the key's hash in a signed cookie (8 hours; SameSite=Lax keeps
+    # other sites from posting with it).
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret(settings.keys_file),
+        session_cookie="pipecast_session",
+        max_age=8 * 3600,
+        same_site="lax",
+    )
+    app.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")
+    app.include_router(pages.router)
+    pages.install(app)
     return app

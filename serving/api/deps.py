@@ -5,12 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-import pandas as pd
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from features.data.calendar import parse_when
-from serving.api.errors import ServiceUnavailable
 from serving.api.settings import ApiSettings
 from serving.api.state import AppState, Snapshot
 from serving.auth import Caller, KeyStore, Role
@@ -34,10 +31,11 @@ def get_caller(
 ) -> Caller:
     """The caller behind the bearer key (or the web session's key)."""
     keys: KeyStore = request.app.state.keys
-    token = credentials.credentials if credentials is not None else None
-    if token is None:
-        token = request.session.get("key") if "session" in request.scope else None
-    return keys.authenticate(token)
+    if credentials is None and "session" in request.scope:
+        key_hash = request.session.get("key_hash")
+        if key_hash:
+            return keys.caller_by_hash(str(key_hash))
+    return keys.authenticate(credentials.credentials if credentials is not None else None)
 
 
 def get_snapshot(state: Annotated[AppState, Depends(get_state)]) -> Snapshot:
@@ -66,24 +64,3 @@ AsOfQuery = Annotated[
 ]
 TeamQuery = Annotated[str | None, Query(description="limit to one sales team")]
 OwnerQuery = Annotated[str | None, Query(description="limit to one rep")]
-
-
-def resolve_as_of(as_of: date | datetime | None, snap: Snapshot) -> pd.Timestamp:
-    """The as-of timestamp of a request: as given, or the store's latest export time."""
-    if as_of is None:
-        end = snap.data_end
-        if end is None:
-            raise ServiceUnavailable("the store holds no deals yet: import data first")
-        return end
-    return parse_when(as_of, "as_of")
-
-
-def check_scope_exists(snap: Snapshot, *, team: str | None, owner: str | None) -> None:
-    """404 for a team or owner the store has never seen (a typo should not look like 'zero')."""
-    from features.errors import NotFoundError
-
-    deals = snap.tables.deals
-    if team is not None and not (deals["team"] == team).any():
-        raise NotFoundError(f"unknown team {team!r}")
-    if owner is not None and not (deals["owner"] == owner).any():
-        raise NotFoundError(f"unknown owner {owner!r}")

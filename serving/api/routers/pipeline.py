@@ -8,19 +8,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from features.pipeline.hygiene import HygieneFlag, StageOutliers, hygiene_flags, stage_outliers
-from features.pipeline.metrics import PipelineMetrics, compute_metrics
-from features.pipeline.review import ReviewPack, review_pack
-from serving.api.deps import (
-    AsOfQuery,
-    CallerDep,
-    OwnerQuery,
-    SnapshotDep,
-    StateDep,
-    TeamQuery,
-    check_scope_exists,
-    resolve_as_of,
-)
+from features.pipeline.hygiene import HygieneFlag, StageOutliers
+from features.pipeline.metrics import PipelineMetrics
+from features.pipeline.review import ReviewPack
+from serving.api import views
+from serving.api.deps import AsOfQuery, CallerDep, OwnerQuery, SnapshotDep, StateDep, TeamQuery
 
 router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"])
 
@@ -44,13 +36,10 @@ def metrics(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> PipelineMetrics:
-    check_scope_exists(snap, team=team, owner=owner)
+    views.check_scope_exists(snap, team=team, owner=owner)
     owner, team = caller.scope(owner=owner, team=team)
-    when = resolve_as_of(as_of, snap)
-    key = ("metrics", snap.version, when, team, owner)
-    return state.results.get_or_compute(
-        key, lambda: compute_metrics(snap.tables, state.stages, when, team=team, owner=owner)
-    )
+    when = views.resolve_as_of(as_of, snap)
+    return views.metrics(state, snap, when, team=team, owner=owner)
 
 
 @router.get(
@@ -66,19 +55,11 @@ def hygiene(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> HygieneReport:
-    check_scope_exists(snap, team=team, owner=owner)
+    views.check_scope_exists(snap, team=team, owner=owner)
     owner, team = caller.scope(owner=owner, team=team)
-    when = resolve_as_of(as_of, snap)
-
-    def compute() -> HygieneReport:
-        flags = hygiene_flags(snap.tables, state.stages, when, owner=owner, team=team)
-        return HygieneReport(
-            as_of=when.to_pydatetime(),
-            flags=flags,
-            stage_outliers=stage_outliers(flags, state.stages),
-        )
-
-    return state.results.get_or_compute(("hygiene", snap.version, when, team, owner), compute)
+    when = views.resolve_as_of(as_of, snap)
+    flags, outliers = views.hygiene(state, snap, when, team=team, owner=owner)
+    return HygieneReport(as_of=when.to_pydatetime(), flags=flags, stage_outliers=outliers)
 
 
 @router.get(
@@ -96,19 +77,7 @@ def review(
     min_amount: Annotated[float | None, Query(ge=0, description="smallest deal to review")] = None,
     sort: Annotated[Literal["amount", "expected_close"], Query()] = "amount",
 ) -> ReviewPack:
-    check_scope_exists(snap, team=team, owner=owner)
+    views.check_scope_exists(snap, team=team, owner=owner)
     owner, team = caller.scope(owner=owner, team=team)
-    when = resolve_as_of(as_of, snap)
-    key = ("review", snap.version, when, team, owner, min_amount, sort)
-    return state.results.get_or_compute(
-        key,
-        lambda: review_pack(
-            snap.tables,
-            state.stages,
-            when,
-            min_amount=min_amount,
-            team=team,
-            owner=owner,
-            sort_by=sort,
-        ),
-    )
+    when = views.resolve_as_of(as_of, snap)
+    return views.review(state, snap, when, team=team, owner=owner, min_amount=min_amount, sort=sort)

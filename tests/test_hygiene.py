@@ -180,7 +180,13 @@ def test_required_activity_form(rules):
     ],
 )
 def test_required_custom_form(custom, missing, rules):
-    data = one_deal(stage="needs_analysis", stk=(("c1", "champion", "2025-01-01"),), **custom)
+    # Custom columns carry no history: the export (taken on the as_of day) is what says them.
+    data = one_deal(
+        stage="needs_analysis",
+        stk=(("c1", "champion", "2025-01-01"),),
+        observed_at="2025-01-20",
+        **custom,
+    )
     flag = rules(data, "2025-01-20").get(Rule.REQUIRED_FIELDS)
     got = [] if flag is None else flag.evidence["missing"]
     assert got == [f"custom:{m}" for m in missing]

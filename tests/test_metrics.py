@@ -327,7 +327,11 @@ def test_later_events_change_nothing(m, cfg):
 
 
 def _export_at(data, as_of, cfg):
-    """The dataset as an export taken at ``as_of`` would have held it (custom columns aside)."""
+    """The dataset with everything after ``as_of`` cut off: deals created later dropped, closes
+    after it undone, history after it removed, tracked fields and stage rolled back to their
+    values at ``as_of``. The rows keep their ``observed_at`` (the store's export time): custom
+    columns carry no history, so what they held at ``as_of`` cannot be rebuilt; unknown before
+    the export in both datasets, they are left as they are."""
     states = deal_states_as_of(data, as_of, cfg).set_index("deal_id")
     deals = data.deals[data.deals["created_at"] <= as_of].copy()
     later = (deals["closed_at"] > as_of).to_numpy()
@@ -335,7 +339,6 @@ def _export_at(data, as_of, cfg):
     deals.loc[later, ["closed_at", "loss_reason"]] = None
     for col in (*TRACKED_FIELDS, "stage"):
         deals[col] = states[col].reindex(deals["deal_id"]).to_numpy()
-    deals["observed_at"] = as_of
 
     def upto(frame, column):
         return frame[frame[column] <= as_of].reset_index(drop=True)

@@ -320,7 +320,18 @@ def test_deals_only_import_merges_into_crm_history(
     ]
     assert report.recorded_changes == 2
     for day, states in past.items():  # time in stage, stages and amounts before the export
-        pd.testing.assert_frame_equal(_deal_states(store, day), states, check_like=True)
+        got = _deal_states(store, day)
+        if day == "2024-06-30":
+            # The June row spoke for 30 June; the stored row is July's now, and fields without
+            # history (next step and its date, custom columns) are unknown before it speaks.
+            lost = ["next_step", "next_step_date", "custom_buying_process"]
+            replaced = ~got["deal_id"].isin(["D3", "D4"])  # D3, D4 closed before: rows hold
+            assert got.loc[replaced, lost].isna().all().all()
+            assert not got.loc[replaced, ["next_step_known", "row_known"]].any().any()
+            unknown = [*lost, "next_step_known", "next_step_date_known", "row_known"]
+            unknown.append("history_known")
+            got, states = got.drop(columns=unknown), states.drop(columns=unknown)
+        pd.testing.assert_frame_equal(got, states, check_like=True)
     now = _deal_states(store, "2024-07-01").set_index("deal_id")
     assert now.loc["D2", "stage"] == "needs_analysis" and now.loc["D1", "amount"] == 125000
     # metrics for a past date crashed on the mixed history

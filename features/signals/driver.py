@@ -86,9 +86,11 @@ def compute_signals(
     custom: Iterable[str] = (),
     static_custom: Iterable[str] = (),
     cache: dict[str, Any] | None = None,
+    signals: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Signals of every (open) deal at each date: columns deal_id, as_of, owner, team, then
-    :data:`SIGNALS` in registry order, then the listed ``custom_*`` columns.
+    :data:`SIGNALS` in registry order (only those in ``signals`` when given), then the listed
+    ``custom_*`` columns.
 
     A custom column carries no history: it is missing before the deal row's ``observed_at``
     unless it is listed in ``static_custom`` (declared fixed at creation; listed there, it is
@@ -98,14 +100,40 @@ def compute_signals(
     """
     deals = tables.deals
     fixed = custom_column_names(deals, static_custom)
-    wanted = list(dict.fromkeys([*custom_column_names(deals, custom), *fixed]))
     subset = tables
     if deal_ids is not None:
         subset = replace(tables, deals=deals[deals["deal_id"].isin(list(deal_ids))])
     dates = [as_of_dates] if isinstance(as_of_dates, pd.Timestamp) else list(as_of_dates)
-    states = deal_states(
-        subset, dates, stages, open_only=open_only, strict=True, static_custom=fixed
+    states = deal_states(subset, dates, stages, open_only=open_only, static_custom=fixed)
+    return signals_of_states(
+        tables,
+        states,
+        stages,
+        custom=custom,
+        static_custom=fixed,
+        cache=cache,
+        signals=signals,
     )
+
+
+def signals_of_states(
+    tables: CanonicalTables,
+    states: pd.DataFrame,
+    stages: StageConfig,
+    *,
+    custom: Iterable[str] = (),
+    static_custom: Iterable[str] = (),
+    cache: dict[str, Any] | None = None,
+    signals: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """:func:`compute_signals` for deal states already rebuilt by
+    :func:`~features.signals.pointintime.deal_states` (with its ``as_of`` column, and with the
+    same ``static_custom``): one row per state row, in its order. For callers that hold the
+    states anyway (the pipeline reports), so the rebuild is not done twice."""
+    deals = tables.deals
+    fixed = custom_column_names(deals, static_custom)
+    wanted = list(dict.fromkeys([*custom_column_names(deals, custom), *fixed]))
+    names = _wanted_signals(signals)
     all_deals = deals.reset_index(drop=True)
     index = pd.Index(all_deals["deal_id"])
     code = codes(states["deal_id"], index)
@@ -124,7 +152,7 @@ def compute_signals(
         inputs[col] = states[col].reset_index(drop=True)
     for col in _FLAGS:
         inputs[col] = flag(states[col].to_numpy())
-    values = execute(inputs, SIGNALS, cache, row_inputs=ROW_INPUTS)
+    values = execute(inputs, names, cache, row_inputs=ROW_INPUTS)
     out = pd.DataFrame(
         {
             "deal_id": states["deal_id"].to_numpy(),
@@ -133,13 +161,24 @@ def compute_signals(
             "team": states["team"].to_numpy(),
         }
     )
-    for name in SIGNALS:
+    for name in names:
         out[name] = (
             np.asarray(values[name]) if name not in _STATE_INPUTS else values[name].to_numpy()
         )
     for col in wanted:
         out[col] = states[col].to_numpy()
     return out
+
+
+def _wanted_signals(signals: Iterable[str] | None) -> list[str]:
+    """The registered signals asked for, in registry order (all when ``None``)."""
+    if signals is None:
+        return list(SIGNALS)
+    asked = set(signals)
+    unknown = sorted(asked - set(SIGNALS))
+    if unknown:
+        raise KeyError(f"no signal named {unknown}; registered: {list(SIGNALS)}")
+    return [name for name in SIGNALS if name in asked]
 
 
 def describe_signals() -> pd.DataFrame:

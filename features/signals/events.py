@@ -27,6 +27,21 @@ def codes(values: pd.Series, categories: Sequence[Any] | pd.Index) -> np.ndarray
     return np.asarray(cats.get_indexer(pd.Index(values.astype(object))), dtype=np.int64)
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: sort, then keep each first of a run.
+
+    ``np.unique`` on int64 is hash-based in numpy 2.4 and sorts the result afterwards; on the
+    ~1M event times of a large store that measured 2.4 s against 0.14 s for this.
+    """
+    ordered = np.sort(np.asarray(values))
+    if len(ordered) == 0:
+        return ordered
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
+
+
 class EventIndex:
     """Events keyed by an integer code and sorted by time, for "how many up to t" queries.
 
@@ -41,7 +56,7 @@ class EventIndex:
         keep = np.flatnonzero((codes >= 0) & (us != NAT))
         order = keep[np.lexsort((us[keep], codes[keep]))]
         self.rows = order  # original row numbers, in key order
-        self.uniq = np.unique(us[order])
+        self.uniq = sorted_unique(us[order])
         self.width = np.int64(len(self.uniq) + 1)
         rank = np.searchsorted(self.uniq, us[order]) + 1
         self.keys = codes[order] * self.width + rank

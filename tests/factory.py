@@ -20,7 +20,7 @@ from creation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -57,13 +57,13 @@ DEAL_DEFAULTS: dict[str, Any] = {
 FieldChange = tuple[str, str, str | None, str | None, Any]
 
 
-def deal(deal_id: str, created_at: str, **overrides: Any) -> dict[str, Any]:
+def deal(deal_id: str, created_at: Any, **overrides: Any) -> dict[str, Any]:
     row = {"deal_id": deal_id, "created_at": created_at, **DEAL_DEFAULTS}
     row.update(overrides)
     return row
 
 
-def _frame(table: str, rows: list[dict[str, Any]] | None) -> pd.DataFrame:
+def _frame(table: str, rows: Sequence[dict[str, Any]] | None) -> pd.DataFrame:
     if not rows:
         return empty_frame(table)
     frame = pd.DataFrame(rows)
@@ -83,7 +83,7 @@ def _text(field: str, value: Any) -> str | None:
 
 
 def creation_rows(
-    deals: list[dict[str, Any]], changes: list[FieldChange], fields: Iterable[str]
+    deals: Sequence[dict[str, Any]], changes: Sequence[FieldChange], fields: Iterable[str]
 ) -> list[FieldChange]:
     """The creation row (deal, field, None, value at creation, created_at) of every deal and
     field in ``fields`` (module docstring)."""
@@ -102,12 +102,12 @@ def creation_rows(
 
 
 def tables(
-    deals: list[dict[str, Any]],
-    stage_history: list[tuple[str, str | None, str]] | None = None,
-    field_history: list[FieldChange] | None = None,
-    activities: list[tuple[str, str, str]] | None = None,
-    stakeholders: list[tuple[str, str, str, str]] | None = None,
-    targets: list[tuple[str, str, str, float]] | None = None,
+    deals: Sequence[dict[str, Any]],
+    stage_history: Sequence[tuple[str, str | None, Any]] | None = None,
+    field_history: Sequence[FieldChange] | None = None,
+    activities: Sequence[tuple[str, str, Any]] | None = None,
+    stakeholders: Sequence[tuple[str, str, str, Any]] | None = None,
+    targets: Sequence[tuple[str, str, str, float]] | None = None,
     derived: bool = False,
     logged_from_creation: Iterable[str] = TRACKED_FIELDS,
 ) -> CanonicalTables:
@@ -138,7 +138,7 @@ def tables(
     ]
     tgt = [{"scope": s, "scope_id": i, "quarter": q, "amount": a} for s, i, q, a in targets or []]
     return CanonicalTables(
-        deals=_frame("deals", deals),
+        deals=_frame("deals", list(deals)),
         stage_history=_frame("stage_history", sh),
         field_history=_frame("field_history", fh),
         activities=_frame("activities", act),

@@ -4,6 +4,7 @@ import pytest
 from features.data.calendar import quarter_bounds, quarter_of, to_timestamp
 from features.errors import NotFoundError
 from features.signals.pointintime import deal_states, deal_states_as_of, tracked_since
+from tests.checks import missing
 from tests.factory import deal, tables
 
 
@@ -48,7 +49,7 @@ def test_state_before_any_change_uses_old_values(data, cfg):
     assert s.loc["D1", "expected_close_date"] == pd.Timestamp("2025-03-31")
     assert s.loc["D1", "forecast_category"] == "pipeline"
     assert bool(s.loc["D1", "is_open"]) and s.loc["D1", "outcome"] == "open"
-    assert pd.isna(s.loc["D1", "closed_at"])
+    assert missing(s.loc["D1", "closed_at"])
 
 
 def test_state_between_changes(data, cfg):
@@ -261,3 +262,89 @@ def test_one_rule_no_switch():
 
     for fn in (deal_states, deal_states_as_of):
         assert "strict" not in inspect.signature(fn).parameters
+
+
+# --- a won or lost deal without a close date (deals-only exports) -----------------------------
+def _undated_close():
+    """A deals-only export taken 30 June: W says closed_won but gives no close date."""
+    return tables(
+        deals=[
+            deal("W", "2025-01-10", stage="closed_won", outcome="won", observed_at="2025-06-30",
+                 history_source="derived"),
+            deal("O", "2025-01-10", observed_at="2025-06-30", history_source="derived"),
+        ],
+        stage_history=[
+            ("W", None, "2025-01-10"),
+            ("W", "closed_won", "2025-06-30"),  # the importer: the closed stage seen at export
+            ("O", None, "2025-01-10"),
+            ("O", "qualification", "2025-06-30"),
+        ],
+        derived=True,
+    )  # fmt: skip
+
+
+def test_a_close_without_date_counts_from_the_export_on(at, cfg):
+    before = at(_undated_close(), "2025-06-29").loc["W"]
+    assert before["is_open"] and before["outcome"] == "open" and not before["stage_known"]
+    after = at(_undated_close(), "2025-06-30").loc["W"]
+    assert not after["is_open"] and after["outcome"] == "won"
+    assert after["stage"] == "closed_won" and pd.isna(after["closed_at"])  # when: unknown
+    open_only = deal_states_as_of(_undated_close(), to_timestamp("2025-07-15"), cfg, open_only=True)
+    assert list(open_only["deal_id"]) == ["O"]
+
+
+def test_labels_of_a_close_without_date():
+    from features.signals.snapshots import outcome_labels
+
+    keys = pd.DataFrame(
+        {"deal_id": ["W", "W"], "as_of": [to_timestamp("2025-03-31"), to_timestamp("2025-06-02")]}
+    )
+    labels = outcome_labels(keys, _undated_close().deals)
+    assert (labels["won"] == 1).all() and labels["days_to_close"].isna().all()
+    # Q1 ended before the export: won by then or not is unknown; Q2 ends at the export: won
+    assert missing(labels.loc[0, "closed_won_by_quarter_end"])
+    assert labels.loc[1, "closed_won_by_quarter_end"] == 1
+
+
+def test_a_close_without_date_through_the_importer_and_the_reports(cli, tmp_path):
+    """Loaded from a deals-only CSV: noted at import; metrics and hygiene after the export do not
+    count it open, and its unknown close date keeps it out of the win rate."""
+    import json
+
+    from serving.cli import app
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "deals.csv").write_text(
+        "deal_id,owner,created_at,stage,amount,closed_at\n"
+        "W,ann,2025-01-10,closed_won,50000,\n"
+        "O,ann,2025-02-01,qualification,80000,\n"
+    )
+    db = tmp_path / "x.duckdb"
+    load = cli.invoke(app, ["load", str(folder), "--db", str(db), "--exported-at", "2025-06-30"])
+    assert load.exit_code == 0, load.output
+    assert "1 won or lost deals have no closed_at: counted closed from the export" in load.output
+    m = cli.invoke(app, ["metrics", "--as-of", "2025-07-15", "--db", str(db), "--json"])
+    payload = json.loads(m.stdout)
+    assert payload["open_pipeline"]["count"] == 1 and payload["win_rate"]["denominator"] == 0
+    h = cli.invoke(app, ["hygiene", "--as-of", "2025-07-15", "--db", str(db), "--json"])
+    assert {f["deal_id"] for f in json.loads(h.stdout)["flags"]} <= {"O"}
+
+
+# --- the test factory: fields logged from creation ---------------------------------------------
+def test_factory_logs_tracked_fields_from_creation(at):
+    rows = [deal("D", "2025-02-01", amount=90_000.0, next_step=None, observed_at="2025-06-30")]
+    changes = [("D", "amount", "80000.0", "90000.0", "2025-03-01")]
+    logged = tables(deals=rows, field_history=changes)
+    fh = logged.field_history
+    creation = fh[fh["old_value"].isna()]
+    assert len(creation) == 5 and (creation["changed_at"] == pd.Timestamp("2025-02-01")).all()
+    # the creation amount is the old value of the first change, not the row's final value
+    assert creation.set_index("field").loc["amount", "new_value"] == "80000.0"
+    s = at(logged, "2025-02-15").loc["D"]
+    assert s["amount"] == 80_000.0 and s["history_known"] and pd.isna(s["next_step"])
+    only_changes = tables(deals=rows, field_history=changes, logged_from_creation=())
+    assert not at(only_changes, "2025-02-15").loc["D", "amount_known"]  # tracked from 1 March
+    s = at(only_changes, "2025-03-01").loc["D"]
+    assert s["amount"] == 90_000.0 and not s["history_known"]
+    assert pd.isna(s["forecast_category"])

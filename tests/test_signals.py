@@ -141,7 +141,7 @@ def data() -> CanonicalTables:
 @pytest.fixture(scope="module")
 def row(data: CanonicalTables, cfg: StageConfig) -> pd.Series:
     s = compute_signals(data, [AS_OF], cfg, static_custom=["industry"])
-    return s.set_index("deal_id").loc["D1"]
+    return s[s["deal_id"] == "D1"].set_index("deal_id").iloc[0]
 
 
 def test_one_row_per_open_deal(data: CanonicalTables, cfg: StageConfig) -> None:
@@ -362,7 +362,8 @@ def _two_futures(draw: st.DrawFn) -> Case:
     as_of = draw(st.integers(20 * MIN, 150 * MIN))
     horizon = as_of + 200 * MIN
     tracked = draw(st.frozensets(st.sampled_from(FIELDS)))
-    specs_a, specs_b = [], []
+    specs_a: list[dict[str, Any]] = []
+    specs_b: list[dict[str, Any]] = []
     for i in range(draw(st.integers(1, 4))):
         created = draw(st.integers(0, as_of + 20 * MIN))
         past = draw(st.lists(_event(created, as_of), max_size=8)) if created <= as_of else []
@@ -422,7 +423,11 @@ def _close(
 def _world(tracked: frozenset[str], specs: list[dict[str, Any]]) -> CanonicalTables:
     """Replay each deal's events in time order into canonical tables, logging the changes of
     tracked fields only."""
-    deals, sh, fh, act, stk = [], [], [], [], []
+    deals: list[dict[str, Any]] = []
+    sh: list[tuple[str, str, pd.Timestamp]] = []
+    fh: list[tuple[str, str, str | None, str | None, pd.Timestamp]] = []
+    act: list[tuple[str, str, pd.Timestamp]] = []
+    stk: list[tuple[str, str, str, pd.Timestamp]] = []
     for spec in specs:
         d = spec["deal_id"]
         cur: dict[str, Any] = {

@@ -1,10 +1,12 @@
 """The weekly pipeline review pack: the seed's "every deal above a threshold" meeting, as of a date.
 
 For each open deal at or above ``min_amount`` (default ``stages.hygiene.review_min_amount``; a
-deal of exactly the threshold is in): its status, what changed in the last week (stage and
-tracked-field changes stamped in ``(as_of - 7 days, as_of]``, one net change per field: first old
-value -> last new value, fields that ended where they started left out), next step, last week's
-activities, hygiene flags, and rule-based risk notes. Models replace the notes in a later issue;
+deal of exactly the threshold is in; deals whose amount is unknown at ``as_of`` cannot be
+compared and are counted in ``amount_unknown``): its status, what changed in the last week
+(stage and tracked-field changes stamped in ``(as_of - 7 days, as_of]``, one net change per
+field: first old value -> last new value, fields that ended where they started left out, a
+deal's creation not a change), next step, last week's activities, hygiene flags, and rule-based
+risk notes. Models replace the notes in a later issue;
 these rules are the seed's red flags made explicit (:data:`RISK_NOTES`, one small function each).
 
 Every fact about a deal (idle days, close-date pushes, contacts, decision maker, days in stage and
@@ -94,6 +96,8 @@ class ReviewPack:
     sort_by: str
     deal_count: int
     total_value: float
+    # open deals in scope whose amount is unknown at as_of: not compared with the threshold
+    amount_unknown: int
     deals: list[ReviewDeal] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -345,5 +349,6 @@ def review_pack(
         sort_by=sort_by,
         deal_count=len(out),
         total_value=float(facts["amount"].sum()),
+        amount_unknown=int(states["amount"].isna().sum()),
         deals=out,
     )

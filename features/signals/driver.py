@@ -32,7 +32,7 @@ loop is one ``np.median`` per (rep or team, distinct close count), which is smal
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -129,7 +129,11 @@ def signals_of_states(
     """:func:`compute_signals` for deal states already rebuilt by
     :func:`~features.signals.pointintime.deal_states` (with its ``as_of`` column, and with the
     same ``static_custom``): one row per state row, in its order. For callers that hold the
-    states anyway (the pipeline reports), so the rebuild is not done twice."""
+    states anyway (the pipeline reports), so the rebuild is not done twice.
+
+    Without a ``cache``, activities and stakeholders are indexed for the deals of ``states``
+    only (their signals read a deal's own events, nothing else); with one, for every deal, so
+    the indexes serve later calls on other deals."""
     deals = tables.deals
     fixed = custom_column_names(deals, static_custom)
     wanted = list(dict.fromkeys([*custom_column_names(deals, custom), *fixed]))
@@ -137,13 +141,14 @@ def signals_of_states(
     all_deals = deals.reset_index(drop=True)
     index = pd.Index(all_deals["deal_id"])
     code = codes(states["deal_id"], index)
+    rows_of = _events_of(None if cache is not None else states["deal_id"])
     inputs: dict[str, Any] = {
         "deals": all_deals,
         "deal_index": index,
         "deal_code": code,
         "stages": stages,
-        "activities": tables.activities.reset_index(drop=True),
-        "stakeholders": tables.stakeholders.reset_index(drop=True),
+        "activities": rows_of(tables.activities),
+        "stakeholders": rows_of(tables.stakeholders),
         "field_history": tables.field_history.reset_index(drop=True),
         "as_of": states["as_of"].astype("datetime64[us]").reset_index(drop=True),
         "history_source": pd.Series(all_deals["history_source"].to_numpy()[code]),
@@ -168,6 +173,18 @@ def signals_of_states(
     for col in wanted:
         out[col] = states[col].to_numpy()
     return out
+
+
+def _events_of(deal_ids: pd.Series | None) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """An event table's rows of ``deal_ids`` (all rows when ``None``), renumbered 0..n-1."""
+
+    def rows(events: pd.DataFrame) -> pd.DataFrame:
+        if deal_ids is None:
+            return events.reset_index(drop=True)
+        keep = codes(events["deal_id"], pd.Index(deal_ids.unique())) >= 0
+        return events[keep].reset_index(drop=True)
+
+    return rows
 
 
 def _wanted_signals(signals: Iterable[str] | None) -> list[str]:

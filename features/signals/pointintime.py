@@ -68,6 +68,7 @@ from features.data.schema import (
 )
 from features.data.stages import StageConfig, StageKind
 from features.errors import NotFoundError
+from features.signals.events import codes
 
 # Deal columns assumed fixed at creation: read from the row at every date.
 STATIC_COLUMNS: tuple[str, ...] = (
@@ -149,31 +150,35 @@ def _grid(deals: pd.DataFrame, dates: pd.DatetimeIndex, open_only: bool) -> pd.D
     ids = deals["deal_id"].to_numpy()[grid["_row"].to_numpy(dtype=np.int64)]
     # typed even when empty (no deal existed yet), so the merges below still match dtypes
     grid["deal_id"] = pd.Series(ids, index=grid.index, dtype=deals["deal_id"].dtype)
-    grid["_key"] = np.arange(len(grid))
+    grid["_row"] = grid["_row"].astype(np.int64)
+    # sorted by as_of (dates ascending, built in order): merge_asof needs it, and keeps it
     return grid
 
 
+def _events(events: pd.DataFrame, on: str, deals: pd.DataFrame) -> pd.DataFrame:
+    """History rows keyed by their deal's row position (``_row``; rows of deals not in
+    ``deals`` dropped), stamped at ``on`` (datetime64[us]) and sorted by it, for :func:`_asof`.
+    Integer keys: merge_asof by the text ids cost a factorisation of both sides per call."""
+    out = events.assign(_row=codes(events["deal_id"], pd.Index(deals["deal_id"])))
+    out[on] = out[on].astype("datetime64[us]")
+    out = out[(out["_row"] >= 0) & out[on].notna()].drop(columns="deal_id")
+    return out.sort_values(on, kind="stable").reset_index(drop=True)
+
+
 def _asof(
-    left: pd.DataFrame,
-    right: pd.DataFrame,
-    on: str,
-    direction: str,
-    allow_exact: bool = True,
+    rows: _Rows, events: pd.DataFrame, on: str, direction: str, allow_exact: bool = True
 ) -> pd.DataFrame:
-    """merge_asof of ``left`` (deal_id, as_of) with events ``right`` stamped at ``on``."""
-    right = right.copy()
-    right[on] = right[on].astype("datetime64[us]")
-    right = right.sort_values(on, kind="stable")
-    out = pd.merge_asof(
-        left.sort_values("as_of", kind="stable"),
-        right,
+    """For each grid row, its deal's event (from :func:`_events`) stamped nearest to as_of in
+    ``direction``: the events' columns in grid order, missing where there is none."""
+    return pd.merge_asof(
+        rows.left,
+        events,
         left_on="as_of",
         right_on=on,
-        by="deal_id",
+        by="_row",
         direction=direction,  # type: ignore[arg-type]
         allow_exact_matches=allow_exact,
     )
-    return out.sort_values("_key", kind="stable").reset_index(drop=True)
 
 
 def parse_field(values: pd.Series, field: str) -> pd.Series:
@@ -189,7 +194,7 @@ def parse_field(values: pd.Series, field: str) -> pd.Series:
 class _Rows:
     """Per (as_of, deal) row facts that decide which source may speak for a value."""
 
-    keys: pd.DataFrame  # _key, as_of, deal_id
+    left: pd.DataFrame  # as_of, _row (the deal's row): the left side of every as-of merge
     deals: pd.DataFrame  # the deal rows (0..n-1)
     pos: np.ndarray  # each grid row's deal row
     as_of: np.ndarray  # datetime64[us]
@@ -220,7 +225,7 @@ def _rows(grid: pd.DataFrame, deals: pd.DataFrame) -> _Rows:
     observed = deals["observed_at"].astype("datetime64[us]").to_numpy()[pos]
     source = deals["history_source"].to_numpy()[pos]
     return _Rows(
-        keys=grid[["_key", "as_of", "deal_id"]],
+        left=grid[["as_of", "_row"]].reset_index(drop=True),
         deals=deals,
         pos=pos,
         as_of=as_of,
@@ -261,8 +266,10 @@ def _stage(rows: _Rows, stage_history: pd.DataFrame, stages: StageConfig) -> dic
     """Stage and its entry time: from the last stage change on or before as_of; from
     observed_at on, the row's stage unless a later stage change says otherwise; the closed stage
     once closed. A stage that history says is closed on a deal still open is unknown."""
-    sh = stage_history[["deal_id", "stage", "entered_at", "derived"]]
-    st = _asof(rows.keys, sh, "entered_at", "backward")
+    sh = _events(
+        stage_history[["deal_id", "stage", "entered_at", "derived"]], "entered_at", rows.deals
+    )
+    st = _asof(rows, sh, "entered_at", "backward")
     logged = st["stage"].to_numpy(dtype=object)
     derived_row = st["derived"].fillna(False).astype(bool).to_numpy()
     # A derived row only says the deal was *seen* in that stage then: its entry time is unknown.
@@ -299,12 +306,18 @@ def _tracked_field(
         history = current
         newest = current
     else:
-        before = _asof(rows.keys, changes, "changed_at", "backward")
-        after = _asof(rows.keys, changes, "changed_at", "forward", allow_exact=False)
-        new_value = parse_field(before["new_value"], field)
+        changes = _events(changes, "changed_at", rows.deals).assign(
+            old_value=lambda c: parse_field(c["old_value"], field),
+            new_value=lambda c: parse_field(c["new_value"], field),
+        )
+        before = _asof(rows, changes.drop(columns="old_value"), "changed_at", "backward")
+        after = _asof(
+            rows, changes.drop(columns="new_value"), "changed_at", "forward", allow_exact=False
+        )
+        new_value = before["new_value"]
         has_before = before["changed_at"].notna()
         has_after = after["changed_at"].notna()
-        prior = parse_field(after["old_value"], field)
+        prior = after["old_value"]
         history = new_value.where(has_before, prior.where(has_after, current))
         # from observed_at on the row holds, unless a change stamped after it is newer
         later = before["changed_at"].astype("datetime64[us]").to_numpy() > rows.observed

@@ -283,9 +283,8 @@ def _stage(rows: _Rows, stage_history: pd.DataFrame, stages: StageConfig) -> dic
     # The close itself is known even when the path to it is not (deals-only exports).
     open_stage = np.where(use_row, row_stage, logged)
     stage = pd.Series(np.where(rows.closed_by, closed_stage, open_stage), dtype=object)
-    kind = {s.key: s.kind for s in stages.stages}
-    stage_kind = stage.map(lambda s: kind.get(s) if isinstance(s, str) else None)
-    bad_open = ~rows.closed_by & stage_kind.isin([StageKind.WON, StageKind.LOST]).to_numpy()
+    closed_keys = [s.key for s in stages.stages if s.kind in (StageKind.WON, StageKind.LOST)]
+    bad_open = ~rows.closed_by & stage.isin(closed_keys).to_numpy()
     stage = stage.where(~bad_open, None)  # history says closed, the deal row says open: unknown
     return {
         "stage": stage,

@@ -367,19 +367,19 @@ def deal_states(
     deals = tables.deals.reset_index(drop=True)
     grid = _grid(deals, _as_of_index(as_of), open_only)
     rows = _rows(grid, deals)
-    columns = {
-        **_static_columns(rows, deals, static_custom),
-        **_outcome(rows),
-        **_stage(rows, tables.stage_history, stages),
-        **_tracked_fields(rows, tables.field_history),
-    }
     out = grid[["as_of", "deal_id"]].reset_index(drop=True)
-    return out.assign(**{name: _values(v) for name, v in columns.items()})
+    _add(out, _static_columns(rows, deals, static_custom))
+    _add(out, _outcome(rows))
+    _add(out, _stage(rows, tables.stage_history, stages))
+    _add(out, _tracked_fields(rows, tables.field_history))
+    return out
 
 
-def _values(column: Any) -> Any:
-    """A column for the states frame, positionally (the parts are all in grid order)."""
-    return column.to_numpy() if isinstance(column, pd.Series) else column
+def _add(out: pd.DataFrame, columns: dict[str, Any]) -> None:
+    """Put one concern's columns into the states frame, positionally (every part is in grid
+    order). Part by part, so no part's intermediate frames outlive it."""
+    for name, column in columns.items():
+        out[name] = column.to_numpy() if isinstance(column, pd.Series) else column
 
 
 def deal_states_as_of(

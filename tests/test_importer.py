@@ -16,6 +16,7 @@ from features.data.importer import ImportProblem, ImportValidationError, read_ex
 from features.data.mapping import load_mapping
 from features.data.schema import columns
 from features.data.stages import load_stage_config
+from tests.checks import missing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MAPPINGS = Path(__file__).resolve().parents[1] / "features" / "data" / "mappings"
@@ -362,7 +363,7 @@ def test_hubspot_deals_export() -> None:
     assert deals.loc["9007", "forecast_category"] == "omitted"
     assert deals.loc["9001", "created_at"] == pd.Timestamp("2024-03-05 14:22")
     assert deals.loc["9006", "closed_at"] == pd.Timestamp("2024-05-15")
-    assert pd.isna(deals.loc["9008", "amount"]) and pd.isna(
+    assert missing(deals.loc["9008", "amount"]) and missing(
         deals.loc["9008", "expected_close_date"]
     )
     assert deals.loc["9001", "owner"] == "Anna de Vries"
@@ -586,7 +587,7 @@ def test_unmapped_role_is_other_and_unmapped_activity_type_missing(tmp_path: Pat
     roles = result.tables.stakeholders.set_index("contact_id")["role"]
     assert roles["0035g00000CON03AAA"] == "other"
     acts = result.tables.activities.set_index("activity_id")
-    assert pd.isna(acts.loc["00T5g00000TSK01AAA", "type"])  # kept: it still is an activity
+    assert missing(acts.loc["00T5g00000TSK01AAA", "type"])  # kept: it still is an activity
     assert any("'Procurement Lead'" in n and "stored as 'other'" in n for n in result.notes)
     assert any("'Video Call'" in n and "stored as missing" in n for n in result.notes)
 
@@ -775,7 +776,7 @@ def test_a_field_of_several_megabytes_is_read(tmp_path: Path, size: int) -> None
     export = _copy(tmp_path, "canonical")
     _edit(export / "deals.csv", _set(1, "next_step", "x" * size))
     deals = read_export(export).tables.deals.set_index("deal_id")
-    assert len(deals.loc["D1", "next_step"]) == size
+    assert len(str(deals.loc["D1", "next_step"])) == size
 
 
 def test_lines_are_exact_after_a_field_spanning_lines(tmp_path: Path) -> None:
@@ -1074,7 +1075,7 @@ def test_provided_with_a_mapping(tmp_path: Path) -> None:
 
 
 # --- the load command's import options ------------------------------------------------------------
-def _cli(*args: str) -> Any:
+def _cli(*args: str | Path) -> Any:
     from typer.testing import CliRunner
 
     from serving.cli import app

@@ -1,8 +1,12 @@
 """Pipeline metrics as of a date: the seed's metrics table, computed point-in-time.
 
 Every number is built from :func:`features.signals.pointintime.deal_states_as_of` (deals as they
-stood at ``as_of``) and from events stamped on or before ``as_of``; nothing known only later is
-read.
+stood at ``as_of``, by its one rule) and from events stamped on or before ``as_of``; nothing known
+only later is read. A value the rebuild cannot know at ``as_of`` (an amount or expected close date
+without dated history before the export) is unknown, never 0: every summed amount comes with the
+count of deals whose amount is unknown (``amount_unknown``, also counting amounts the export left
+empty), coverage counts the open deals whose expected close date is unknown (they may or may not
+close this quarter), and the weighted pipeline also counts unknown stages.
 
 Definitions (days are whole calendar days; "window" is the trailing ``window_days`` ending at
 ``as_of``, reported as first and last day in the output):
@@ -76,6 +80,21 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
 
 
+def _amount(deals: pd.DataFrame) -> float:
+    """Summed amount of the deals whose amount is known (see :func:`_amount_unknown`)."""
+    return float(deals["amount"].sum())
+
+
+def _amount_unknown(deals: pd.DataFrame) -> int:
+    """Deals whose amount is not known at the date (or was empty in the export): a sum adds
+    nothing for them, so every sum states how many."""
+    return int(deals["amount"].isna().sum())
+
+
+def _count_value(deals: pd.DataFrame) -> CountValue:
+    return CountValue(len(deals), _amount(deals), _amount_unknown(deals))
+
+
 # --- result types ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Window:
@@ -88,8 +107,11 @@ class Window:
 
 @dataclass(frozen=True)
 class CountValue:
+    """Deals and their summed amount; ``amount_unknown`` of them add nothing to ``value``."""
+
     count: int
     value: float
+    amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,9 @@ class Coverage:
     won_this_quarter: float
     remaining_target: float | None
     ratio_to_remaining: float | None
+    closing_amount_unknown: int  # closing deals whose amount is unknown (not in the ratio)
+    close_date_unknown: int  # open deals whose expected close date is unknown (not counted)
+    won_amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,7 @@ class Weighted:
     band: str
     target_range: tuple[float, float]
     unknown_stage_count: int
+    unknown_amount_count: int
 
 
 @dataclass(frozen=True)
@@ -153,7 +179,8 @@ class DealSize:
     window: Window
     won_count: int
     won_value: float
-    average: float | None
+    average: float | None  # over the won deals whose amount is known
+    amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -196,6 +223,7 @@ class LossReasonCount:
     count: int
     value: float
     share: float
+    amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -204,6 +232,7 @@ class FunnelStage:
     label: str
     open_count: int
     open_value: float
+    amount_unknown: int
     conversion_rate: float | None
     p_win_from_stage: float | None
     expected_reaching: float | None
@@ -225,6 +254,7 @@ class HistoricalForecast:
     quarter: str
     pipeline_count: int
     pipeline_value: float
+    amount_unknown: int
     conversion_rate: float | None
     window: Window
     forecast: float | None
@@ -349,10 +379,13 @@ class MetricsInput:
         return _target(self.tables.targets, self.quarter, self.team, self.owner)
 
     @cached_property
-    def won_this_quarter(self) -> float:
+    def won_this_quarter_deals(self) -> pd.DataFrame:
         s = self.states
-        won = s[(s["outcome"] == Outcome.WON.value) & (s["closed_at"] >= self.quarter_bounds[0])]
-        return float(won["amount"].sum())
+        return s[(s["outcome"] == Outcome.WON.value) & (s["closed_at"] >= self.quarter_bounds[0])]
+
+    @cached_property
+    def won_this_quarter(self) -> float:
+        return _amount(self.won_this_quarter_deals)
 
     @cached_property
     def closed(self) -> pd.DataFrame:
@@ -513,7 +546,7 @@ def _funnel(
     flow: float | None = 0.0
     for i, s in enumerate(stages.open_stages):
         here = open_deals[open_deals["stage"] == s.key]
-        n, value = len(here), float(here["amount"].sum())
+        n, value = len(here), _amount(here)
         p_win: float | None = 1.0
         for r in rates[i:]:
             p_win = None if (r is None or p_win is None) else p_win * r
@@ -530,6 +563,7 @@ def _funnel(
                 label=s.label,
                 open_count=n,
                 open_value=value,
+                amount_unknown=_amount_unknown(here),
                 conversion_rate=rates[i],
                 p_win_from_stage=p_win,
                 expected_reaching=flow,
@@ -575,18 +609,18 @@ def _completed_stays(x: MetricsInput) -> pd.DataFrame:
 # --- the metrics, in PipelineMetrics field order --------------------------------------------------
 @metric("open_pipeline")
 def open_pipeline(x: MetricsInput) -> CountValue:
-    return CountValue(len(x.open_deals), float(x.open_deals["amount"].sum()))
+    return _count_value(x.open_deals)
 
 
 @metric("closing_this_quarter")
 def closing_this_quarter(x: MetricsInput) -> CountValue:
-    return CountValue(len(x.closing), float(x.closing["amount"].sum()))
+    return _count_value(x.closing)
 
 
 @metric("coverage")
 def coverage(x: MetricsInput) -> Coverage:
     target, scope = x.target
-    closing = float(x.closing["amount"].sum())
+    closing = _amount(x.closing)
     ratio = _ratio(closing, target) if target else None
     remaining = None if target is None else max(target - x.won_this_quarter, 0.0)
     healthy = x.stages.hygiene.coverage_healthy
@@ -601,6 +635,9 @@ def coverage(x: MetricsInput) -> Coverage:
         won_this_quarter=x.won_this_quarter,
         remaining_target=remaining,
         ratio_to_remaining=_ratio(closing, remaining) if remaining else None,
+        closing_amount_unknown=_amount_unknown(x.closing),
+        close_date_unknown=int(x.open_deals["expected_close_date"].isna().sum()),
+        won_amount_unknown=_amount_unknown(x.won_this_quarter_deals),
     )
 
 
@@ -616,13 +653,13 @@ def weighted(x: MetricsInput) -> Weighted:
         band=_weighted_band(ratio),
         target_range=WEIGHTED_TARGET_RANGE,
         unknown_stage_count=int((~x.open_deals["stage_known"].astype(bool)).sum()),
+        unknown_amount_count=_amount_unknown(x.open_deals),
     )
 
 
 @metric("new_pipeline")
 def new_pipeline(x: MetricsInput) -> CountValue:
-    created = x.states[x.states["created_at"] >= x.quarter_bounds[0]]
-    return CountValue(len(created), float(created["amount"].sum()))
+    return _count_value(x.states[x.states["created_at"] >= x.quarter_bounds[0]])
 
 
 @metric("velocity")
@@ -681,8 +718,8 @@ def lead_to_opportunity(x: MetricsInput) -> Unavailable:
 @metric("average_deal_size")
 def average_deal_size(x: MetricsInput) -> DealSize:
     won = x.won_in_window
-    value = float(won["amount"].sum())
-    return DealSize(x.window_info, len(won), value, _ratio(value, len(won)))
+    value, unknown = _amount(won), _amount_unknown(won)
+    return DealSize(x.window_info, len(won), value, _ratio(value, len(won) - unknown), unknown)
 
 
 @metric("sales_cycle")
@@ -748,13 +785,20 @@ def loss_reasons(x: MetricsInput) -> list[LossReasonCount]:
         {"reason": reasons.fillna("unknown").to_numpy(), "amount": lost["amount"].to_numpy()}
     )
     grouped = (
-        frame.groupby("reason")["amount"]
-        .agg(["count", "sum"])
+        frame.assign(unknown=frame["amount"].isna())
+        .groupby("reason")
+        .agg(count=("unknown", "size"), sum=("amount", "sum"), unknown=("unknown", "sum"))
         .sort_values(["count", "sum"], ascending=False)
     )
     total = len(frame)
     return [
-        LossReasonCount(str(r), int(row["count"]), float(row["sum"]), int(row["count"]) / total)
+        LossReasonCount(
+            str(r),
+            int(row["count"]),
+            float(row["sum"]),
+            int(row["count"]) / total,
+            int(row["unknown"]),
+        )
         for r, row in grouped.iterrows()
     ]
 
@@ -771,7 +815,7 @@ def historical_forecast(x: MetricsInput) -> HistoricalForecast:
     start = opens[1] if len(opens) > 1 else opens[0]
     order = {s.key: s.order for s in opens}
     pipe = x.closing[x.closing["stage"].astype(object).map(order).fillna(0) >= start.order]
-    value = float(pipe["amount"].sum())
+    value = _amount(pipe)
     closed = x.closed_in_window
     max_order = x.reach["_max_order"].reindex(closed["deal_id"]).fillna(0).to_numpy()
     hist = closed[max_order >= start.order]
@@ -785,7 +829,15 @@ def historical_forecast(x: MetricsInput) -> HistoricalForecast:
         f"historical conversion {rate_txt} -> {fc_txt}"
     )
     return HistoricalForecast(
-        start.key, x.quarter, len(pipe), value, rate, x.window_info, forecast, text
+        start.key,
+        x.quarter,
+        len(pipe),
+        value,
+        _amount_unknown(pipe),
+        rate,
+        x.window_info,
+        forecast,
+        text,
     )
 
 

@@ -15,7 +15,7 @@ from features.signals.events import (
     nan_where,
     parse_number,
 )
-from features.signals.pointintime import tracked_since
+from features.signals.pointintime import states_a_value, tracked_since
 from features.signals.registry import SignalKind, node, signal
 
 
@@ -85,14 +85,19 @@ def amount_index(amount_changes: pd.DataFrame, deal_index: pd.Index) -> EventInd
     return EventIndex(codes(amount_changes["deal_id"], deal_index), amount_changes["changed_at"])
 
 
-@signal("times the amount was changed", needs_history=True)
+@signal("times the amount was changed from one amount to another", needs_history=True)
 def amount_change_count(
+    amount_changes: pd.DataFrame,
     amount_index: EventIndex,
     deal_code: np.ndarray,
     as_of: pd.Series,
     amount_changes_known: np.ndarray,
 ) -> pd.Series:
-    n = amount_index.end(deal_code, as_of) - amount_index.start(deal_code)
+    """A row without an old value states an amount (the creation row of a snapshot history, a
+    first amount): it changes none, and :func:`amount_change_since_creation` reads it as the
+    creation amount."""
+    changed = ~states_a_value(amount_changes)
+    n = amount_index.total(changed, deal_code, as_of)
     return nan_where(n, ~amount_changes_known)
 
 

@@ -7,6 +7,12 @@ future. Keeping them apart lets a test swap the future and show the signals do n
 
 Censoring: a deal still open at the end of the data (its ``observed_at``, the export time) has no
 outcome yet. Its labels are missing and ``censored`` is 1; it is never counted as a loss.
+
+A won or lost deal without ``closed_at`` (a deals-only export lacking close dates) closed at an
+unknown time by its ``observed_at`` (:func:`features.signals.pointintime.closing_time`): its
+``days_to_close`` is missing, and a won one is ``closed_won_by_quarter_end`` 1 only for quarters
+ending at or after ``observed_at`` (missing for earlier ones: it may or may not have closed by
+then).
 """
 
 from __future__ import annotations
@@ -67,9 +73,12 @@ def outcome_labels(keys: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
     quarter_end = as_of.dt.to_period("Q").dt.end_time.astype("datetime64[us]")
 
     won_label = np.where(censored, np.nan, won.astype("float64"))
-    by_quarter = np.where(won & (closed_at <= quarter_end).to_numpy(), 1.0, 0.0)
+    # a won deal without a close date closed by its observed_at, when is unknown
+    won_by = closed_at.fillna(horizon).where(won)
+    by_quarter = np.where((won_by <= quarter_end).to_numpy(), 1.0, 0.0)
     # Still open at the end of the data: we only know it missed quarters that ended by then.
     unknown = censored & (quarter_end > horizon).to_numpy()
+    unknown |= won & closed_at.isna().to_numpy() & (quarter_end < horizon).to_numpy()
     by_quarter = np.where(unknown, np.nan, by_quarter)
     day = np.timedelta64(1, "D")
     days = (closed_at.dt.normalize() - as_of.dt.normalize()).to_numpy() / day

@@ -57,9 +57,20 @@ def _prefix_medians(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nd
     has = hi > lo
     if not has.any():
         return out
-    pairs, inverse = np.unique(np.stack([lo[has], hi[has]], axis=1), axis=0, return_inverse=True)
-    meds = np.array([np.median(values[a:b]) for a, b in pairs])
-    out[has] = meds[inverse.ravel()]
+    # Distinct (lo, hi) pairs as one int64 key each, found by sorting: np.unique(axis=0) on the
+    # stacked pairs took ~35 ms a call on a 20k-deal snapshot chunk, this a few.
+    a, b = lo[has].astype(np.int64), hi[has].astype(np.int64)
+    key = a * (int(b.max()) + 1) + b
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(len(key), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    starts = order[first]
+    meds = np.array([np.median(values[a[i] : b[i]]) for i in starts])
+    out[has] = meds[inverse]
     return out
 
 

@@ -2,7 +2,8 @@
 
 - ``outcome`` missing or empty: from the kind (open/won/lost) of the deal's stage.
 - ``closed_at`` on an open deal is dropped: some CRMs (Salesforce ``CloseDate``, HubSpot
-  ``Close Date``) use one column for both the expected and the actual close date.
+  ``Close Date``) use one column for both the expected and the actual close date. A won or lost
+  deal without one is kept as it is, with a note (closed by the export, when unknown).
 - ``observed_at`` (when the deal row was true) is the export time: the ``exported_at`` argument,
   else the mapping's ``exported_at``, else a non-empty ``observed_at`` column of the file, else the
   latest *recorded* timestamp in the export (deals created/closed, stage and field changes,
@@ -63,6 +64,20 @@ def derive_outcome(run: ImportRun, deals: pd.DataFrame) -> None:
                 f"deals: closed_at ignored on {int(open_with_close.sum()):,} open deals "
                 "(their close date is an expected one)"
             )
+    _note_closes_without_date(run, deals)
+
+
+def _note_closes_without_date(run: ImportRun, deals: pd.DataFrame) -> None:
+    """A won or lost deal without ``closed_at`` is stored as the export says; the point-in-time
+    rebuild counts it closed from its ``observed_at`` on (``pointintime.closing_time``)."""
+    closed = deals["outcome"].isin([Outcome.WON.value, Outcome.LOST.value])
+    undated = closed & deals["closed_at"].isna() if "closed_at" in deals else closed
+    if undated.any():
+        run.note(
+            f"deals: {int(undated.sum()):,} won or lost deals have no closed_at: counted closed "
+            "from the export time on; when they closed is unknown, so win rate, cycle length "
+            "and velocity leave them out"
+        )
 
 
 def set_observed_at(

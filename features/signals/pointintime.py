@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.data.currency import in_corporate_currency
 from features.data.schema import (
     CUSTOM_PREFIX,
     TRACKED_FIELDS,
@@ -255,8 +256,10 @@ def deal_states(
 
     Columns: as_of, deal_id, the static deal attributes, ``custom_*`` columns, stage,
     stage_entered_at, stage_known, is_open, outcome, closed_at (only if closed by as_of), the
-    tracked fields, ``<field>_known`` per tracked field and ``history_known`` (every tracked
-    field known).
+    tracked fields, ``<field>_known`` per tracked field, ``history_known`` (every tracked
+    field known), and ``amount_original`` and ``currency``: ``amount`` is in the corporate
+    currency at the date (:func:`features.data.currency.in_corporate_currency`), these are the
+    deal's own.
 
     ``strict=True`` applies the rule of the module docstring (signals and snapshots always do).
     ``False`` keeps the earlier rule, which pipeline views still read: a tracked field that no
@@ -307,6 +310,8 @@ def deal_states(
         out[known_column(field)] = known
         all_known &= known
     out["history_known"] = all_known
+    # Amounts in the corporate currency at each as_of (the deal's own beside it).
+    out = in_corporate_currency(out, deals, tables.exchange_rates)
     return out.drop(columns=["_row", "_key"]).reset_index(drop=True)
 
 

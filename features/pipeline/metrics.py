@@ -22,6 +22,11 @@ Definitions (days are whole calendar days; "window" is the trailing ``window_day
   ``as_of``.
 - velocity: mean created -> closed days (won or lost) of deals closed in the window, against the
   window before it.
+- deals entered in the CRM after they closed (``deals.entered_after_close``) count in won and
+  lost totals (won this quarter, win rate, deal size, loss reasons) and nowhere that measures an
+  open deal's path or the pipeline they never were: velocity, sales cycle, stage conversion (and
+  the funnel and historical forecast built on it), completed time in stage,
+  opportunity-to-customer, new pipeline added.
 - win rate: won / (won + lost) among deals closed in the window.
 - opportunity-to-customer: of the deals created in the window, the share won by ``as_of`` (deals
   still open count as not yet customers; their number is reported).
@@ -60,7 +65,14 @@ import numpy as np
 import pandas as pd
 
 from features.data.calendar import days_between, quarter_bounds, quarter_of
-from features.data.schema import ActivityType, CanonicalTables, Outcome, TargetScope
+from features.data.currency import corporate_currency
+from features.data.schema import (
+    ActivityType,
+    CanonicalTables,
+    Outcome,
+    TargetScope,
+    entered_after_close,
+)
 from features.data.stages import StageConfig
 from features.pipeline.facts import stage_limits, stage_time
 from features.pipeline.scope import scoped_events, scoped_states
@@ -275,6 +287,7 @@ class PipelineMetrics:
     quarter: str
     team: str | None
     owner: str | None
+    currency: str | None  # the corporate currency of every amount (None: one unnamed currency)
     open_pipeline: CountValue
     closing_this_quarter: CountValue
     coverage: Coverage
@@ -392,9 +405,18 @@ class MetricsInput:
         return self.states[~self.states["is_open"]]
 
     @cached_property
+    def worked(self) -> pd.DataFrame:
+        """The deals that were open in the CRM: not entered after they closed."""
+        return self.states[~entered_after_close(self.tables.deals, self.states["deal_id"])]
+
+    @cached_property
+    def worked_closed(self) -> pd.DataFrame:
+        return self.worked[~self.worked["is_open"]]
+
+    @cached_property
     def cycle_days(self) -> pd.Series:
-        """Created -> closed days of the closed deals."""
-        return _days(self.closed["closed_at"], self.closed["created_at"])
+        """Created -> closed days of the closed deals that were open in the CRM."""
+        return _days(self.worked_closed["closed_at"], self.worked_closed["created_at"])
 
     @cached_property
     def closed_in_window(self) -> pd.DataFrame:
@@ -407,11 +429,11 @@ class MetricsInput:
 
     @cached_property
     def reach(self) -> pd.DataFrame:
-        return stage_reach(self.tables, self.states, self.stages, self.as_of)
+        return stage_reach(self.tables, self.worked, self.stages, self.as_of)
 
     @cached_property
     def conversion(self) -> list[StageConversion]:
-        return _conversion(self.reach, self.states, self.stages)
+        return _conversion(self.reach, self.worked, self.stages)
 
 
 # --- registry -------------------------------------------------------------------------------------
@@ -593,7 +615,7 @@ def _funnel_totals(rows: list[FunnelStage]) -> tuple[float | None, float | None,
 def _completed_stays(x: MetricsInput) -> pd.DataFrame:
     """Stage stays (stage, days) that ended in the window: an entry followed by the next stage
     change, or by the close."""
-    states = x.states
+    states = x.worked
     sh = scoped_events(x.tables.stage_history, "entered_at", x.as_of, states["deal_id"])
     sh = sh.sort_values(["deal_id", "entered_at"], kind="stable")
     nxt = sh.groupby("deal_id")[["entered_at", "derived", "stage"]].shift(-1)
@@ -659,12 +681,12 @@ def weighted(x: MetricsInput) -> Weighted:
 
 @metric("new_pipeline")
 def new_pipeline(x: MetricsInput) -> CountValue:
-    return _count_value(x.states[x.states["created_at"] >= x.quarter_bounds[0]])
+    return _count_value(x.worked[x.worked["created_at"] >= x.quarter_bounds[0]])
 
 
 @metric("velocity")
 def velocity(x: MetricsInput) -> Velocity:
-    closed_at = x.closed["closed_at"]
+    closed_at = x.worked_closed["closed_at"]
     in_win, in_prev = _in(closed_at, x.window), _in(closed_at, x.previous_window)
     mean_now, mean_prev = _stats(x.cycle_days[in_win])[1], _stats(x.cycle_days[in_prev])[1]
     change = None if mean_now is None or mean_prev is None else mean_now - mean_prev
@@ -694,7 +716,7 @@ def win_rate(x: MetricsInput) -> Rate:
 
 @metric("opportunity_to_customer")
 def opportunity_to_customer(x: MetricsInput) -> Rate:
-    cohort = x.states[_in(x.states["created_at"], x.window)]
+    cohort = x.worked[_in(x.worked["created_at"], x.window)]
     n_won = int((cohort["outcome"] == Outcome.WON.value).sum())
     return Rate(
         n_won,
@@ -724,7 +746,8 @@ def average_deal_size(x: MetricsInput) -> DealSize:
 
 @metric("sales_cycle")
 def sales_cycle(x: MetricsInput) -> CycleLength:
-    days = x.cycle_days.reindex(x.won_in_window.index)
+    won = x.won_in_window
+    days = x.cycle_days.reindex(won.index[won.index.isin(x.cycle_days.index)])
     median, mean = _stats(days)
     return CycleLength(x.window_info, len(days), median, mean)
 
@@ -860,5 +883,6 @@ def compute_metrics(
         quarter=x.quarter,
         team=team,
         owner=owner,
+        currency=corporate_currency(tables.exchange_rates),
         **{name: fn(x) for name, fn in METRICS.items()},
     )

@@ -56,6 +56,7 @@ _STATE_INPUTS = (
     "stage_entered_at",
     "created_at",
     "amount",
+    "amount_original",
     "expected_close_date",
     "forecast_category",
     "next_step",

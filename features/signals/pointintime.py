@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.data.currency import in_corporate_currency
 from features.data.schema import (
     CUSTOM_PREFIX,
     DATE_FIELDS,
@@ -362,7 +363,9 @@ def deal_states(
     ``observed_at`` on, or once the deal has closed): a deal column without history (custom
     columns, loss reason, ...) is known only there. ``static_custom`` lists the custom columns
     declared fixed at creation, known at every date; the others are missing where the row is
-    not known.
+    not known. ``amount`` is in the corporate currency at the date
+    (:func:`features.data.currency.in_corporate_currency`); ``amount_original`` and
+    ``currency`` are the deal's own.
     """
     deals = tables.deals.reset_index(drop=True)
     grid = _grid(deals, _as_of_index(as_of), open_only)
@@ -372,6 +375,12 @@ def deal_states(
     _add(out, _outcome(rows))
     _add(out, _stage(rows, tables.stage_history, stages))
     _add(out, _tracked_fields(rows, tables.field_history))
+    # Amounts in the corporate currency at each as_of (the deal's own beside it).
+    money = ["amount", "amount_original", "currency"]
+    converted = in_corporate_currency(
+        out[["as_of", "deal_id", "amount", "closed_at"]], deals, tables.exchange_rates
+    )
+    _add(out, {name: converted[name] for name in money})
     return out
 
 

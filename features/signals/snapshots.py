@@ -5,6 +5,9 @@ point-in-time signals from :mod:`features.signals` (which never read past ``as_o
 labels are joined on afterwards by :func:`outcome_labels`, the only code here that reads the
 future. Keeping them apart lets a test swap the future and show the signals do not move.
 
+A deal entered in the CRM after it closed (``deals.entered_after_close``) has no rows: it was
+never open there, so no model could have scored it.
+
 Censoring: a deal still open at the end of the data (its ``observed_at``, the export time) has no
 outcome yet. Its labels are missing and ``censored`` is 1; it is never counted as a loss.
 
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.data.calendar import TimeLike, to_timestamp
-from features.data.schema import CanonicalTables, Outcome
+from features.data.schema import CanonicalTables, Outcome, entered_after_close
 from features.data.stages import StageConfig
 from features.signals.driver import compute_signals
 
@@ -93,6 +96,12 @@ def outcome_labels(keys: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _never_open_dropped(signals: pd.DataFrame, tables: CanonicalTables) -> pd.DataFrame:
+    """Rows of deals entered after they closed removed (the module docstring says why)."""
+    never_open = entered_after_close(tables.deals, signals["deal_id"])
+    return signals.loc[~never_open].reset_index(drop=True) if never_open.any() else signals
+
+
 def _chunks(dates: list[pd.Timestamp], size: int) -> Iterable[list[pd.Timestamp]]:
     for i in range(0, len(dates), size):
         yield dates[i : i + size]
@@ -135,6 +144,7 @@ def build_snapshots(
             static_custom=static_custom,
             cache=cache,
         )
+        signals = _never_open_dropped(signals, tables)
         labels = outcome_labels(signals[["deal_id", "as_of"]], tables.deals)
         parts.append(pd.concat([signals, labels], axis=1))
         done += len(chunk)

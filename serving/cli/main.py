@@ -20,6 +20,7 @@ from serving.cli.common import (
     open_context,
     parse_day,
     parse_time,
+    settings,
 )
 
 
@@ -107,6 +108,23 @@ def load(
             "--problems-out", help="write every problem (file, row, line, column, message) here"
         ),
     ] = None,
+    currency: Annotated[
+        str | None,
+        typer.Option(
+            "--currency",
+            help="the corporate currency every amount is reported in (ISO code, e.g. USD), when "
+            "the export does not name it [default: $PIPECAST_CURRENCY]",
+            show_default=False,
+        ),
+    ] = None,
+    rates: Annotated[
+        Path | None,
+        typer.Option(
+            "--rates",
+            help="exchange rates CSV: columns currency, rate (units per 1 of the corporate "
+            "currency) and optionally valid_from (a dated rate)",
+        ),
+    ] = None,
 ) -> None:
     """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing.
 
@@ -115,6 +133,7 @@ def load(
     """
     from features.data.importer import (
         ImportValidationError,
+        check_currency,
         check_encoding,
         read_export,
         write_problems_csv,
@@ -123,6 +142,7 @@ def load(
     from features.data.store import Store
 
     check_encoding(encoding)  # before the store is opened: a typo changes nothing
+    check_currency(currency, "--currency")
     config = load_stages(stages)
     spec = load_mapping(mapping) if mapping else None
     when = parse_time(exported_at, "--exported-at").to_pydatetime() if exported_at else None
@@ -138,6 +158,10 @@ def load(
                 known_deal_ids=known,
                 strict=strict,
                 encoding=encoding,
+                currency=currency,
+                default_currency=settings().currency,
+                rates=rates,
+                known_rates=store.read("exchange_rates"),
             )
         except ImportValidationError as err:
             if problems_out is not None:
@@ -171,10 +195,14 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
     """Deals by stage and the open pipeline value."""
     from rich.table import Table
 
+    from features.data.currency import corporate_currency, current_amounts
     from features.pipeline.summary import summarize
 
     ctx = open_context(db, stages)
-    result = summarize(ctx.tables.deals, ctx.stages)
+    deals = ctx.tables.deals  # amounts in the corporate currency, as the other reports show them
+    result = summarize(
+        deals.assign(amount=current_amounts(deals, ctx.tables.exchange_rates)), ctx.stages
+    )
     out = console()
     if result.deals == 0:
         out.print(f"{db_path(db)}: the store holds no deals yet")
@@ -188,20 +216,24 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
     note = ""
     if missing and result.open_value is not None:
         note = f" ({missing:,} open deal{'s' if missing != 1 else ''} without an amount)"
+    code = corporate_currency(ctx.tables.exchange_rates)
+    unit = f" {code}" if code and result.open_value is not None else ""
     out.print(
         f"open pipeline as of {when}: {result.open_deals:,} deals, "
-        f"{_money(result.open_value)} total value{note}"
+        f"{_money(result.open_value)}{unit} total value{note}"
     )
 
 
 def _register_commands() -> None:
     from serving.cli import audit as cli_audit
+    from serving.cli import mapping as cli_mapping
     from serving.cli import pipeline as cli_pipeline
     from serving.cli import signals as cli_signals
 
     cli_signals.register(app)
     cli_pipeline.register(app)
     cli_audit.register(app)
+    cli_mapping.register(app)
 
 
 _register_commands()

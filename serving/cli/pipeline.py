@@ -52,7 +52,10 @@ def _print_metrics(m: Any) -> None:
     """Render a PipelineMetrics as a handful of tables."""
     out = console()
     scope = m.owner or m.team or "company"
-    head = Table("metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}")
+    unit = f", amounts in {m.currency}" if m.currency else ""
+    head = Table(
+        "metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}{unit}"
+    )
     cov, w = m.coverage, m.weighted
     rows = [
         (

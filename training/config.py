@@ -25,10 +25,13 @@ class _Frozen(BaseModel):
 class GbmParams(_Frozen):
     """LightGBM parameters of one model (see :class:`training.win.WinModel`)."""
 
-    n_estimators: Annotated[int, Field(ge=1, le=20_000)] = 600
+    # Many shallow trees on large leaves: on 20k generated deals this beat deeper, fewer trees
+    # (Brier 0.1311 vs 0.1322 for 600 x 15 leaves, 0.1362 for 1500 x 31), and shallow trees make
+    # per-prediction contributions (reasons) cheaper.
+    n_estimators: Annotated[int, Field(ge=1, le=20_000)] = 800
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.03
-    num_leaves: Annotated[int, Field(ge=2, le=4096)] = 15
-    min_child_samples: Annotated[int, Field(ge=1)] = 200
+    num_leaves: Annotated[int, Field(ge=2, le=4096)] = 7
+    min_child_samples: Annotated[int, Field(ge=1)] = 500
     subsample: Annotated[float, Field(gt=0, le=1)] = 0.8
     colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 0.5
     reg_lambda: Annotated[float, Field(ge=0)] = 5.0
@@ -62,7 +65,9 @@ class TrainingConfig(_Frozen):
     custom: list[str] | None = None
     exclude_features: list[str] = []
     win: GbmParams = GbmParams()
-    slip: GbmParams = GbmParams(n_estimators=250, learning_rate=0.05, num_leaves=31)
+    slip: GbmParams = GbmParams(
+        n_estimators=250, learning_rate=0.05, num_leaves=31, min_child_samples=200
+    )
     # No worse = the new version's Brier (win) / log loss (slip) at most this much above.
     promotion_tolerance: Annotated[float, Field(ge=0, le=0.5)] = 0.005
     random_state: int = 0

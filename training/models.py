@@ -62,10 +62,10 @@ class _Gbm(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        n_estimators: int = 600,
+        n_estimators: int = 800,
         learning_rate: float = 0.03,
-        num_leaves: int = 15,
-        min_child_samples: int = 200,
+        num_leaves: int = 7,
+        min_child_samples: int = 500,
         subsample: float = 0.8,
         colsample_bytree: float = 0.5,
         reg_lambda: float = 5.0,

@@ -144,6 +144,11 @@ def score_deals(
     out = _ranked(frame)
     out.attrs["model_versions"] = dict(models.versions)
     out.attrs["as_of"] = pd.Timestamp(as_of)
+    if pd.Timestamp(as_of) < models.cutoff:
+        out.attrs["note"] = (
+            f"the models were trained on data up to {models.cutoff:%Y-%m-%d}, after "
+            f"{pd.Timestamp(as_of):%Y-%m-%d}: these scores know outcomes that were not known then"
+        )
     return out
 
 

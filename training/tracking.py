@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,13 +239,25 @@ def log_and_register(result: TrainingResult, target: TrackingTarget) -> dict[str
                     with_horizon(_example(rows, features), 30),
                 ),
             }
+            judged: dict[str, dict[str, Any]] = {}
+
+            def judge(config: TrainingConfig) -> dict[str, Any]:
+                key = config.fingerprint()  # one refit per champion recipe, for both models
+                if key not in judged:
+                    judged[key] = result.evaluate_recipe(config)
+                return judged[key]
+
             out = {}
             for name, info in infos.items():
                 version = str(info.registered_model_version)
                 _tag_version(client, name, version, result, run.info.run_id)
-                out[name] = _gate(client, name, version, result)
-                mlflow.set_tag(f"{TAG}{name}.alias", out[name].alias)
-                mlflow.set_tag(f"{TAG}{name}.promotion_reason", out[name].reason)
+                out[name] = _gate(client, name, version, result, judge)
+            # Aliases move only once both models are registered and judged: a run that fails
+            # earlier leaves the champions as they were.
+            for decision in out.values():
+                _apply(client, decision)
+                mlflow.set_tag(f"{TAG}{decision.name}.alias", decision.alias)
+                mlflow.set_tag(f"{TAG}{decision.name}.promotion_reason", decision.reason)
     return out
 
 
@@ -276,51 +288,45 @@ def _champion(client: Any, name: str) -> Any | None:
         return None
 
 
-def _gate(client: Any, name: str, version: str, result: TrainingResult) -> Registered:
+def _gate(
+    client: Any,
+    name: str,
+    version: str,
+    result: TrainingResult,
+    judge: Callable[[TrainingConfig], dict[str, Any]],
+) -> Registered:
+    """Decide (without changing anything) whether ``version`` may take ``champion``."""
     section, metric = SECTION[name], PRIMARY[name]
     new = (result.win if section == "win" else result.slip)["eval"]
     champion = _champion(client, name)
     if champion is None:
-        return _promote(client, name, version, "first version: no champion yet", None)
+        return Registered(name, version, CHAMPION, "first version: no champion yet")
     recipe = champion.tags.get(TAG + "recipe")
     if recipe == result.config.fingerprint():
         old = new
         how = f"same recipe as champion v{champion.version}, fitted on newer data"
     else:
         try:
-            old = result.evaluate_recipe(config_from_json(champion.tags[TAG + "config"]))[section]
+            old = judge(config_from_json(champion.tags[TAG + "config"]))[section]
             how = f"champion v{champion.version}'s recipe refitted at the same cut-off"
         except (KeyError, InputError) as err:
-            return _challenge(
-                client,
-                name,
-                version,
-                f"champion v{champion.version}'s recipe cannot be refitted ({err}); "
-                "promote by hand",
-            )
+            reason = f"champion v{champion.version}'s recipe cannot be refitted ({err})"
+            return Registered(name, version, CHALLENGER, f"{reason}; promote by hand")
     tol = result.config.promotion_tolerance
     a, b = float(new[metric]), float(old[metric])
     text = f"{metric} {a:.4f} vs {b:.4f} ({how}, same {result.evaluation.fingerprint()} rows)"
     if a <= b * (1 + tol):
-        return _promote(client, name, version, f"no worse than the champion: {text}", old)
-    return _challenge(client, name, version, f"worse than the champion: {text}", old)
+        return Registered(name, version, CHAMPION, f"no worse than the champion: {text}", old)
+    return Registered(name, version, CHALLENGER, f"worse than the champion: {text}", old)
 
 
-def _promote(
-    client: Any, name: str, version: str, reason: str, old: dict[str, Any] | None
-) -> Registered:
-    client.set_registered_model_alias(name, CHAMPION, version)
-    _drop_alias(client, name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, TAG + "promotion_reason", reason)
-    return Registered(name, version, CHAMPION, reason, old)
-
-
-def _challenge(
-    client: Any, name: str, version: str, reason: str, old: dict[str, Any] | None = None
-) -> Registered:
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, TAG + "promotion_reason", reason)
-    return Registered(name, version, CHALLENGER, reason, old)
+def _apply(client: Any, decision: Registered) -> None:
+    """Move the alias the gate decided on and record why on the version."""
+    name, version = decision.name, decision.version
+    client.set_registered_model_alias(name, decision.alias, version)
+    if decision.alias == CHAMPION:
+        _drop_alias(client, name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, TAG + "promotion_reason", decision.reason)
 
 
 def _drop_alias(client: Any, name: str, alias: str, version: str) -> None:
@@ -344,6 +350,16 @@ def _versions(client: Any, name: str) -> list[Any]:
     return sorted(found, key=lambda v: int(v.version), reverse=True)
 
 
+def _aliases(client: Any, name: str) -> dict[str, str]:
+    """alias -> version of a registered model (search results do not carry aliases)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
+    except MlflowException:
+        return {}
+
+
 def _version(client: Any, name: str, version: str) -> Any:
     from mlflow.exceptions import MlflowException
 
@@ -361,13 +377,14 @@ def list_models(target: TrackingTarget) -> list[dict[str, Any]]:
     out = []
     with using(target) as client:
         for name in MODELS:
+            aliases = _aliases(client, name)
             for v in _versions(client, name):
                 tags = v.tags or {}
                 out.append(
                     {
                         "name": name,
                         "version": str(v.version),
-                        "aliases": sorted(getattr(v, "aliases", []) or []),
+                        "aliases": sorted(a for a, ver in aliases.items() if ver == str(v.version)),
                         "created": pd.Timestamp(v.creation_timestamp, unit="ms").isoformat(),
                         "cutoff": tags.get(TAG + "cutoff"),
                         "eval_window": tags.get(TAG + "eval_window"),
@@ -390,7 +407,7 @@ def promote(target: TrackingTarget, name: str, version: str, *, force: bool = Fa
         if champion is not None and str(champion.version) == str(version):
             return f"{name} v{version} is already the champion"
         reason = _manual_reason(name, new, champion, force)
-        _promote(client, name, str(version), reason, None)
+        _apply(client, Registered(name, str(version), CHAMPION, reason))
         if force:
             client.set_model_version_tag(name, str(version), TAG + "forced", "true")
         experiment = _experiment(client, target)
@@ -446,7 +463,8 @@ def load_champion(target: TrackingTarget) -> FittedModels:
                 )
             loaded[name] = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
             versions[name] = str(champion.version)
-            tags = champion.tags
+            if name == WIN_MODEL:
+                tags = champion.tags
         config = config_from_json(tags[TAG + "config"])
         return FittedModels(
             win=loaded[WIN_MODEL],

@@ -225,6 +225,9 @@ def score(
         )
     versions = frame.attrs.get("model_versions", {})
     fallback = frame.attrs.get("fallback_reason")
+    note = frame.attrs.get("note")
+    if note:
+        typer.secho(f"note: {note}", fg="yellow", err=True)
     if as_json:
         print_json(
             {

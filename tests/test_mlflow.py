@@ -56,7 +56,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def data() -> GeneratedData:
-    return generate(1800, 8)
+    return generate(1200, 8)
 
 
 @pytest.fixture(scope="module")

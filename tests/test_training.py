@@ -483,7 +483,11 @@ def test_generated_truth_feeds_the_oracle(data: GeneratedData, tmp_path: Path, r
     ],
 )
 def test_reasons_in_plain_words(group: str, values: dict, text: str) -> None:
-    assert render(group, values, CFG) == text
+    assert render(group, values, CFG, frozenset({"custom_contract_sent_date"})) == text
+
+
+def test_a_numeric_custom_column_is_not_read_as_a_date() -> None:
+    assert render("custom_score", {"custom_score": 12.0}, CFG) == "score: 12"
 
 
 def test_scores_for_reps(fitted, data: GeneratedData) -> None:
@@ -525,6 +529,8 @@ def test_scores_for_reps(fitted, data: GeneratedData) -> None:
     words = " ".join(" ".join(r) for r in scored["reasons_for"] + scored["reasons_against"])
     assert not [n for n in names if n in words]
     assert "D00" not in words
+    early = fitted.score(data.tables, CFG, to_timestamp("2021-06-30"), reasons=True)
+    assert early.empty and "p_won_this_quarter" in early.columns
     one = scored["owner"].iloc[0]
     mine = fitted.score(data.tables, CFG, as_of, owner=one)
     assert set(mine["owner"]) == {one} and len(mine) < len(scored)

@@ -242,19 +242,24 @@ def group_of(feature: str) -> str:
     return feature
 
 
-def _generic(feature: str, values: Values) -> str:
+def _generic(feature: str, values: Values, dates: frozenset[str]) -> str:
     name = feature.removeprefix(CUSTOM_PREFIX).replace("_", " ")
     value = values.get(feature)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{name} not known"
-    if feature.startswith(CUSTOM_PREFIX) and isinstance(value, int | float | np.floating):
-        return f"{name}: {_days(float(value))} ago"  # date-valued custom columns (days since)
+    if feature in dates:  # encoded as days since the date
+        return f"{name}: {_days(float(value))} ago"
+    if isinstance(value, int | float | np.floating):
+        return f"{name}: {float(value):,.4g}"
     return f"{name}: {value}"
 
 
-def render(group: str, values: Values, stages: StageConfig) -> str:
+def render(
+    group: str, values: Values, stages: StageConfig, dates: frozenset[str] = frozenset()
+) -> str:
+    """The words of one reason group for one deal; ``dates`` are date-valued custom columns."""
     spec = GROUPS.get(group)
-    return spec.render(values, stages) if spec else _generic(group, values)
+    return spec.render(values, stages) if spec else _generic(group, values, dates)
 
 
 def grouped_contributions(contrib: pd.DataFrame) -> pd.DataFrame:
@@ -270,6 +275,7 @@ def reasons(
     stages: StageConfig,
     *,
     top: int = 3,
+    dates: frozenset[str] = frozenset(),
 ) -> tuple[list[list[str]], list[list[str]]]:
     """Top positive and negative reasons per row, strongest first.
 
@@ -288,6 +294,6 @@ def reasons(
         order = np.argsort(-row)
         up = [names[j] for j in order[:top] if row[j] >= MIN_EFFECT]
         down = [names[j] for j in order[::-1][:top] if row[j] <= -MIN_EFFECT]
-        pos.append([render(g, records[i], stages) for g in up])
-        neg.append([render(g, records[i], stages) for g in down])
+        pos.append([render(g, records[i], stages, dates) for g in up])
+        neg.append([render(g, records[i], stages, dates) for g in down])
     return pos, neg

@@ -128,7 +128,7 @@ def score_deals(
     rows = open_deal_rows(tables, stages, as_of, custom=models.custom, owner=owner, team=team)
     parts, extra = [], []
     total = len(rows)
-    for start in range(0, max(total, 1), CHUNK):
+    for start in range(0, total, CHUNK):
         chunk = rows.iloc[start : start + CHUNK]
         p_win = models.predict_win(chunk)
         parts.append(_frame(chunk, p_win, models.predict_quarter(chunk, p_win)))
@@ -136,9 +136,10 @@ def score_deals(
             extra.append(_reason_columns(models, chunk, stages))
         if progress is not None:
             progress("scoring", min(start + CHUNK, total), total)
-    frame = pd.concat(parts, ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True) if parts else _frame(rows, np.zeros(0), np.zeros(0))
     if reasons:
-        frame = pd.concat([frame, pd.concat(extra, ignore_index=True)], axis=1)
+        words = pd.concat(extra, ignore_index=True) if extra else _no_reasons(0)
+        frame = pd.concat([frame, words], axis=1)
         frame["next_actions"] = next_actions(tables, stages, as_of, frame, owner=owner, team=team)
     frame["method"] = METHOD_MODEL
     out = _ranked(frame)
@@ -160,8 +161,14 @@ def _reason_columns(models: FittedModels, rows: pd.DataFrame, stages: StageConfi
     for col in encoded.columns:
         if col.startswith("custom_"):  # the words say what the model saw (masked, days since)
             values[col] = encoded[col].astype(object).to_numpy()
-    up, down = explain_reasons(contrib, values, stages)
+    up, down = explain_reasons(contrib, values, stages, dates=frozenset(win.encoder_.date_columns_))
     return pd.DataFrame({"reasons_for": up, "reasons_against": down})
+
+
+def _no_reasons(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"reasons_for": [[] for _ in range(n)], "reasons_against": [[] for _ in range(n)]}
+    )
 
 
 def next_actions(
@@ -214,8 +221,7 @@ class FallbackScorer:
         ) <= pd.to_numeric(rows["days_left_in_quarter"], errors="coerce")
         frame = _frame(rows, p_win, np.where(in_quarter.to_numpy(), p_win, 0.0))
         if reasons:
-            frame["reasons_for"] = [[] for _ in range(len(frame))]
-            frame["reasons_against"] = [[] for _ in range(len(frame))]
+            frame = pd.concat([frame, _no_reasons(len(frame))], axis=1)
             frame["next_actions"] = next_actions(
                 tables, stages, as_of, frame, owner=owner, team=team
             )

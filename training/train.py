@@ -114,9 +114,9 @@ class TrainingResult:
     curves: dict[str, pd.DataFrame]
     notes: tuple[str, ...]
     # kept so other recipes can be judged on the same rows
-    _rows: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
-    _tables: Any = field(repr=False, default=None)
-    _stages: Any = field(repr=False, default=None)
+    snapshot_rows: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    tables: Any = field(repr=False, default=None)
+    stages: Any = field(repr=False, default=None)
 
     @property
     def eval_cutoff(self) -> pd.Timestamp:
@@ -125,7 +125,7 @@ class TrainingResult:
     def evaluate_recipe(self, config: TrainingConfig) -> dict[str, dict[str, Any]]:
         """Fit another recipe at the evaluation cut-off and score it on the same rows."""
         models = fit_on_rows(
-            self._rows, self._tables, self._stages, cutoff=self.eval_cutoff, config=config
+            self.snapshot_rows, self.tables, self.stages, cutoff=self.eval_cutoff, config=config
         )
         p_win = models.predict_win(self.evaluation.rows)
         return {
@@ -227,9 +227,9 @@ def train(
         slip=slip,
         curves=curves,
         notes=(*notes, *backtest.notes, *serving.notes),
-        _rows=rows,
-        _tables=tables,
-        _stages=stages,
+        snapshot_rows=rows,
+        tables=tables,
+        stages=stages,
     )
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from harness import run_child
 
-ROWS_PER_DEAL = 13.5  # weekly snapshot rows per generated deal over 2022-2025 (measured)
+ROWS_PER_DEAL = 16.8  # weekly snapshot rows per generated deal over 2022-2025 (measured)
 
 PHASES = {
     "baseline": """

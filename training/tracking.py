@@ -144,7 +144,16 @@ def _log_model(mlflow: Any, model: Any, name: str, example: pd.DataFrame) -> Any
         input_example=example,
         registered_model_name=name,
         serialization_format="cloudpickle",
+        # Stated, not inferred: inference runs a subprocess that re-imports everything (6 s).
+        pip_requirements=_requirements(),
     )
+
+
+def _requirements() -> list[str]:
+    """What loading a pipecast model needs besides pipecast itself (its ``training`` package)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("scikit-learn", "lightgbm", "pandas", "numpy")]
 
 
 def _artifacts(result: TrainingResult, folder: Path) -> None:
@@ -268,7 +277,7 @@ def _tag_version(client: Any, name: str, version: str, result: TrainingResult, r
         "config": result.config.model_dump_json(),
         "recipe": result.config.fingerprint(),
         "cutoff": result.as_of.isoformat(),
-        "eval_rows": result.evaluation.fingerprint(),
+        "eval_rows": result.evaluation.fingerprint,
         "eval_window": " .. ".join(result.data_summary()["eval_window"]),
         "metrics": json.dumps(
             {k: v for k, v in report["eval"].items() if not isinstance(v, dict)}, default=_jsonable
@@ -314,7 +323,7 @@ def _gate(
             return Registered(name, version, CHALLENGER, f"{reason}; promote by hand")
     tol = result.config.promotion_tolerance
     a, b = float(new[metric]), float(old[metric])
-    text = f"{metric} {a:.4f} vs {b:.4f} ({how}, same {result.evaluation.fingerprint()} rows)"
+    text = f"{metric} {a:.4f} vs {b:.4f} ({how}, same {result.evaluation.fingerprint} rows)"
     if a <= b * (1 + tol):
         return Registered(name, version, CHAMPION, f"no worse than the champion: {text}", old)
     return Registered(name, version, CHALLENGER, f"worse than the champion: {text}", old)

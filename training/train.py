@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,12 @@ class EvalRows:
     def quarter_mask(self) -> np.ndarray:
         return self.labels["won_by_quarter_end"].notna().to_numpy()
 
+    @cached_property
     def fingerprint(self) -> str:
         """Identifies the rows and labels a version was judged on (same rows, same hash)."""
-        keys = self.rows[["deal_id", "as_of"]].astype(str).agg("|".join, axis=1)
-        text = "\n".join(keys) + self.labels.to_csv(index=False)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        keyed = pd.concat([self.rows[["deal_id", "as_of"]], self.labels], axis=1)
+        hashes = pd.util.hash_pandas_object(keyed, index=False).to_numpy()
+        return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
 
 
 def win_scores(ev: EvalRows, p: np.ndarray) -> dict[str, Any]:

@@ -591,3 +591,12 @@ def test_extensions_are_never_loaded_or_installed(store: Store, export: Path) ->
                 "current_setting('autoinstall_known_extensions')"
             ).fetchone()
             assert settings == (False, False)
+
+
+def test_tables_without_an_optional_flag_read_back_as_false(store: Store, export: Path) -> None:
+    """Tables built in code (the generator's) may lack ``entered_after_close``: not missing, False."""
+    tables = read_export(export, exported_at=JUNE).tables
+    deals = tables.deals.drop(columns=["entered_after_close"], errors="ignore")
+    store.load(CanonicalTables(**{**dict(tables.items()), "deals": deals}))
+    flags = store.read("deals")["entered_after_close"]
+    assert flags.dtype == bool and not flags.any()

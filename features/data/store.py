@@ -770,7 +770,10 @@ class Store:
                 frame[col] = pd.Series(empty, index=frame.index).astype(dtype)
         for col in frame.columns:
             if col in template:
-                frame[col] = frame[col].astype(template[col].dtype)
+                dtype = template[col].dtype
+                if pd.api.types.is_bool_dtype(dtype):  # an optional flag not given: False
+                    frame[col] = frame[col].fillna(False).infer_objects()
+                frame[col] = frame[col].astype(dtype)
             elif frame[col].dtype == object:
                 frame[col] = frame[col].astype("str")
         return frame

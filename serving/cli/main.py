@@ -227,6 +227,7 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
 def _register_commands() -> None:
     from serving.cli import audit as cli_audit
     from serving.cli import mapping as cli_mapping
+    from serving.cli import models as cli_models
     from serving.cli import pipeline as cli_pipeline
     from serving.cli import signals as cli_signals
 
@@ -234,6 +235,7 @@ def _register_commands() -> None:
     cli_pipeline.register(app)
     cli_audit.register(app)
     cli_mapping.register(app)
+    cli_models.register(app)
 
 
 _register_commands()

@@ -594,7 +594,7 @@ def test_extensions_are_never_loaded_or_installed(store: Store, export: Path) ->
 
 
 def test_tables_without_an_optional_flag_read_back_as_false(store: Store, export: Path) -> None:
-    """Tables built in code (the generator's) may lack ``entered_after_close``: not missing, False."""
+    """Tables built in code (the generator's) may lack ``entered_after_close``: read as False."""
     tables = read_export(export, exported_at=JUNE).tables
     deals = tables.deals.drop(columns=["entered_after_close"], errors="ignore")
     store.load(CanonicalTables(**{**dict(tables.items()), "deals": deals}))

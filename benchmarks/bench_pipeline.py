@@ -4,8 +4,8 @@ The dataset is generated once and pickled; each phase runs in its own child proc
 RSS is its own (os.wait4), and each phase runs its call ``--repeat`` times and keeps the fastest
 (the machines here are shared). Speed is reported as a ratio against a baseline measured in the
 same run: ``deal_states_as_of`` at the same date, the point-in-time rebuild every report starts
-from. ``signals`` is the open deals' facts (``compute_signals``) that hygiene, review and the
-metrics' time in stage read.
+from. ``signals`` is every signal of the open deals (``compute_signals``); hygiene and the review
+pack compute only the signals they read, on the states they built (``features.pipeline.facts``).
 
     python benchmarks/bench_pipeline.py --deals 30000
 """

@@ -8,6 +8,7 @@ tests and the API pass their own :class:`Settings` instead. Command-line options
 | ``PIPECAST_DB`` | DuckDB store file | ``pipecast.duckdb`` |
 | ``PIPECAST_STAGES`` | stage configuration YAML | the seed's stages |
 | ``PIPECAST_LOCK_TIMEOUT`` | seconds a load waits for another load before "busy" | ``5`` |
+| ``PIPECAST_CURRENCY`` | corporate currency of exports that name none (ISO code) | none |
 | ``PIPECAST_DEBUG`` | ``1``: the CLI shows tracebacks (as ``--debug``) | off |
 | ``PIPECAST_MLFLOW_TRACKING_URI`` | MLflow tracking and registry store | ``sqlite:///mlflow.db`` |
 | ``PIPECAST_MLFLOW_ARTIFACTS`` | where a local tracking store keeps artifacts | ``./mlruns`` |
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     db: Path = Path(DEFAULT_DB)
     stages: Path | None = None
     lock_timeout: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    # The currency amounts are reported in when neither the export, the mapping, --currency nor
+    # the store names one (a single-currency CRM needs none: its amounts are simply summed).
+    currency: Annotated[str | None, Field(pattern=r"^[A-Z]{3}$")] = None
     debug: bool = False
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_artifacts: str = "./mlruns"

@@ -52,11 +52,11 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     team, other_team = str(by_team.index[0]), str(by_team.index[1])
     rep, other_rep = str(by_team.iloc[0][0]), str(by_team.iloc[1][0])
     settings = ApiSettings(db=db, keys_file=root / "keys.json", jobs_dir=root / "jobs")
-    store = KeyStore(settings.keys_file)
+    keystore = KeyStore(settings.keys_file)
     keys = {
-        "revops": store.create(Role.REVOPS)[1],
-        "manager": store.create(Role.MANAGER, team=team)[1],
-        "rep": store.create(Role.REP, owner=rep, team=team)[1],
+        "revops": keystore.create(Role.REVOPS)[1],
+        "manager": keystore.create(Role.MANAGER, team=team)[1],
+        "rep": keystore.create(Role.REP, owner=rep, team=team)[1],
     }
     keys["bad"] = "pc_not-a-key"
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:

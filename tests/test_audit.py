@@ -4,7 +4,9 @@ and empty stores, and ``pipecast audit``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from features.data.schema import CanonicalTables, empty_frame
-from features.data.stages import load_stage_config
+from features.data.stages import StageConfig
 from features.signals.audit import (
     BINS,
     FAR_AUC_LIMIT,
@@ -29,10 +31,9 @@ from features.signals.audit import (
 from features.signals.pointintime import deal_states
 from features.signals.snapshots import outcome_labels, snapshot_dates
 from features.synthetic.generator import generate
-from serving.cli import common as cli_common
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
+Serve = Callable[[CanonicalTables], dict[str, Any]]
 
 
 # --- AUC --------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def test_value_bins_keep_missing_apart() -> None:
     assert codes[0] == 0 and (codes[1:] >= 1).all() and len(set(codes[1:])) == BINS
     cats = value_bins(pd.Series(["a", None, "b", "a"], dtype="str"))
     assert cats[1] == 0 and cats[0] == cats[3] != cats[2]
-    dates = value_bins(pd.Series(pd.to_datetime(["2025-01-01", None, "2025-02-01"])))
+    dates = value_bins(pd.to_datetime(pd.Series(["2025-01-01", None, "2025-02-01"])))
     assert dates[1] == 0 and dates[0] != dates[2]
 
 
@@ -97,6 +98,7 @@ def _store() -> CanonicalTables:
             ("W", "expected_close_date", "2025-03-31", "2025-04-01", "2025-04-01 12:00"),
         ],
         activities=[("W", "call", "2025-04-01 18:00"), ("W", "call", "2025-04-02 09:00")],
+        logged_from_creation=(),  # a partly logged CRM: only the changes above
     )
 
 
@@ -127,15 +129,13 @@ def generated() -> CanonicalTables:
     data = generate(700, seed=4).tables
     deals = data.deals.copy()
     # a custom field a CRM fills in at the close, with the close's own words
-    deals["custom_close_note"] = np.where(
-        deals["outcome"] == "won", "PO received", np.where(deals["outcome"] == "lost", "lost", None)
-    )
+    deals["custom_close_note"] = deals["outcome"].map({"won": "PO received", "lost": "lost"})
     return replace(data, deals=deals)
 
 
 @pytest.fixture(scope="module")
-def report(generated: CanonicalTables):
-    return audit(generated, CFG, freq="2W-MON", static_custom=["industry"])
+def report(generated: CanonicalTables, cfg: StageConfig):
+    return audit(generated, cfg, freq="2W-MON", static_custom=["industry"])
 
 
 def test_audit_of_full_history_flags_only_the_custom_fields_set_later(report) -> None:
@@ -154,9 +154,11 @@ def test_audit_of_full_history_flags_only_the_custom_fields_set_later(report) ->
     assert report.after_close.activities == 0
 
 
-def test_audit_names_every_field_whose_history_is_missing(generated: CanonicalTables) -> None:
+def test_audit_names_every_field_whose_history_is_missing(
+    generated: CanonicalTables, cfg: StageConfig
+) -> None:
     bare = replace(generated, field_history=empty_frame("field_history"))
-    report = audit(bare, CFG, freq="4W-MON")
+    report = audit(bare, cfg, freq="4W-MON")
     assert {f.field for f in report.fields if f.status == "no history"} == {
         "amount",
         "expected_close_date",
@@ -170,32 +172,38 @@ def test_audit_names_every_field_whose_history_is_missing(generated: CanonicalTa
     assert not any(s.flagged for s in report.separation if s.source == "signal")
 
 
-def test_the_audit_would_have_named_the_issue_6_leak(generated: CanonicalTables) -> None:
+def test_the_audit_would_have_named_the_issue_6_leak(
+    generated: CanonicalTables, cfg: StageConfig
+) -> None:
     """The earlier rule (the deal row before observed_at) on an export without field history:
-    the forecast category separates won from lost far from the close, past the limit."""
+    the forecast category separates won from lost far from the close, past the limit. That rule
+    is gone from the code; on a store without history it gave each deal's row value at every
+    date, which is rebuilt here by hand."""
     bare = replace(generated, field_history=empty_frame("field_history"))
     dates = snapshot_dates("2023-01-01", "2025-12-31", "4W-MON")
-    states = deal_states(bare, dates, CFG, open_only=True, strict=False)
-    rows = pd.concat([states, outcome_labels(states[["deal_id", "as_of"]], bare.deals)], axis=1)
+    states = deal_states(bare, dates, cfg, open_only=True)
+    row_value = bare.deals.set_index("deal_id")["forecast_category"]
+    earlier = states.assign(forecast_category=row_value.reindex(states["deal_id"]).to_numpy())
+    labels = outcome_labels(earlier[["deal_id", "as_of"]], bare.deals)
+    rows = pd.concat([earlier, labels], axis=1)
     rows = rows[(rows["censored"] == 0) & (rows["days_to_close"] >= FAR_DAYS)]
     won, folds = rows["won"].to_numpy(), deal_folds(rows["deal_id"])
     assert separation(rows["forecast_category"], won, folds) >= FAR_AUC_LIMIT
-    strict = deal_states(bare, dates, CFG, open_only=True, strict=True)
-    kept = strict.merge(rows[["deal_id", "as_of"]], on=["deal_id", "as_of"])
+    kept = states.merge(rows[["deal_id", "as_of"]], on=["deal_id", "as_of"])
     assert kept["forecast_category"].isna().all()
 
 
 # --- thin and empty stores --------------------------------------------------------------------
-def test_audit_of_an_empty_store() -> None:
-    report = audit(tables(deals=[]), CFG)
+def test_audit_of_an_empty_store(cfg: StageConfig) -> None:
+    report = audit(tables(deals=[]), cfg)
     assert report.deals == 0 and report.separation == [] and report.data_end is None
     assert any("no deals" in n for n in report.notes)
     assert all(f.status == "no history" for f in report.fields)
     json.dumps(report.to_dict(), allow_nan=False)
 
 
-def test_audit_of_thin_data_says_not_enough_data() -> None:
-    report = audit(_store(), CFG)
+def test_audit_of_thin_data_says_not_enough_data(cfg: StageConfig) -> None:
+    report = audit(_store(), cfg)
     assert report.rows == {"far_won": 0, "far_lost": 0, "near_won": 5, "near_lost": 0}
     assert any(n.startswith("not enough data") for n in report.notes)
     assert all(s.auc_far is None and not s.flagged for s in report.separation)
@@ -203,50 +211,42 @@ def test_audit_of_thin_data_says_not_enough_data() -> None:
 
 
 # --- CLI --------------------------------------------------------------------------------------
-def _cli(monkeypatch: pytest.MonkeyPatch, data: CanonicalTables) -> CliRunner:
-    ctx = cli_common.Context(tables=data, stages=CFG)
-    monkeypatch.setattr(cli_common, "open_context", lambda db, stages: ctx)
-    return CliRunner()
-
-
 def test_cli_audit_json_and_table(
-    monkeypatch: pytest.MonkeyPatch, generated: CanonicalTables
+    serve_tables: Serve, cli: CliRunner, generated: CanonicalTables
 ) -> None:
     from serving.cli import app
 
-    bare = replace(generated, field_history=empty_frame("field_history"))
-    runner = _cli(monkeypatch, bare)
-    res = runner.invoke(app, ["audit", "--json", "--freq", "4W-MON", "--max-deals", "300"])
+    serve_tables(replace(generated, field_history=empty_frame("field_history")))
+    res = cli.invoke(app, ["audit", "--json", "--freq", "4W-MON", "--max-deals", "300"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.output)
     missing = {f["field"] for f in payload["fields"] if f["status"] == "no history"}
     assert "forecast_category" in missing and "expected_close_date" in missing
     assert payload["deals"] == 700 and payload["findings"]
-    res = runner.invoke(app, ["audit", "--freq", "4W-MON", "--max-deals", "300"])
+    res = cli.invoke(app, ["audit", "--freq", "4W-MON", "--max-deals", "300"])
     assert res.exit_code == 0, res.output
     assert "no history" in res.output and "finding:" in res.output
 
 
-def test_cli_audit_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_audit_errors(serve_tables: Serve, cli: CliRunner) -> None:
     from serving.cli import app
 
-    runner = _cli(monkeypatch, tables(deals=[]))
-    res = runner.invoke(app, ["audit"])
+    serve_tables(tables(deals=[]))
+    res = cli.invoke(app, ["audit"])
     assert res.exit_code == 0 and "no deals" in res.output
-    res = runner.invoke(app, ["audit", "--freq", "fortnightly"])
+    res = cli.invoke(app, ["audit", "--freq", "fortnightly"])
     assert res.exit_code == 2 and "--freq" in res.output
-    res = runner.invoke(app, ["audit", "--static-custom", "nope"])
+    res = cli.invoke(app, ["audit", "--static-custom", "nope"])
     assert res.exit_code == 1 and "custom_nope" in res.output and "Traceback" not in res.output
 
 
-def test_cli_signals_unknown_custom_column_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_signals_unknown_custom_column_is_one_line(serve_tables: Serve, cli: CliRunner) -> None:
     from serving.cli import app
 
     data = tables(
         deals=[deal("D", "2025-01-01")], stage_history=[("D", "qualification", "2025-01-01")]
     )
-    res = _cli(monkeypatch, data).invoke(
-        app, ["signals", "--as-of", "2025-06-30", "--custom", "nope"]
-    )
+    serve_tables(data)
+    res = cli.invoke(app, ["signals", "--as-of", "2025-06-30", "--custom", "nope"])
     assert res.exit_code == 1 and "custom column 'custom_nope' is not in deals" in res.output
     assert "internal error" not in res.output

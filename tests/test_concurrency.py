@@ -46,7 +46,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folder = root / name
         folder.mkdir()
         for table, frame in data.tables.items():
-            part = frame if table == "targets" else frame[keep(frame["deal_id"])]
+            part = frame if "deal_id" not in frame else frame[keep(frame["deal_id"])]
             part.to_parquet(folder / f"{table}.parquet", index=False)
         out[name] = folder
     return out

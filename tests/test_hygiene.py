@@ -180,7 +180,13 @@ def test_required_activity_form(rules):
     ],
 )
 def test_required_custom_form(custom, missing, rules):
-    data = one_deal(stage="needs_analysis", stk=(("c1", "champion", "2025-01-01"),), **custom)
+    # Custom columns carry no history: the export (taken on the as_of day) is what says them.
+    data = one_deal(
+        stage="needs_analysis",
+        stk=(("c1", "champion", "2025-01-01"),),
+        observed_at="2025-01-20",
+        **custom,
+    )
     flag = rules(data, "2025-01-20").get(Rule.REQUIRED_FIELDS)
     got = [] if flag is None else flag.evidence["missing"]
     assert got == [f"custom:{m}" for m in missing]
@@ -278,3 +284,26 @@ def test_unknown_owner_or_team_is_not_found(cfg):
         hygiene_flags(data, cfg, to_timestamp("2025-01-20"), owner="alcie")
     with pytest.raises(NotFoundError, match=r"--team 'south'.*known: north"):
         hygiene_flags(data, cfg, to_timestamp("2025-01-20"), team="south")
+
+
+def test_unknown_is_not_missing(rules):
+    """A CRM that logs the expected close date only: before the export, the close date is
+    known (and past), the next step, its date and the amount are unknown: never flagged as
+    missing. At the export the row says them, and their gaps are flagged."""
+    data = tables(
+        deals=[
+            deal("D", "2025-01-01", amount=None, expected_close_date="2025-05-31",
+                 next_step=None, next_step_date=None, competitor="Rival GmbH")
+        ],
+        stage_history=[("D", "qualification", "2025-01-01")],
+        field_history=[("D", "expected_close_date", "2025-04-30", "2025-05-31", "2025-03-01")],
+        activities=[("D", "call", "2025-05-20")],
+        stakeholders=[("D", "c1", "decision_maker", "2025-01-01")],
+        logged_from_creation=("expected_close_date",),
+    )  # fmt: skip
+    early = rules(data, "2025-06-01")
+    assert early[Rule.CLOSE_DATE_PAST].evidence["expected_close_date"] == "2025-05-31"
+    assert Rule.NO_NEXT_STEP not in early and Rule.REQUIRED_FIELDS not in early
+    at_export = rules(data, "2025-12-31")
+    assert at_export[Rule.NO_NEXT_STEP].evidence == {"next_step": None, "next_step_date": None}
+    assert at_export[Rule.REQUIRED_FIELDS].evidence["missing"] == ["amount"]

@@ -16,6 +16,7 @@ from features.data.importer import ImportProblem, ImportValidationError, read_ex
 from features.data.mapping import load_mapping
 from features.data.schema import columns
 from features.data.stages import load_stage_config
+from tests.checks import missing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MAPPINGS = Path(__file__).resolve().parents[1] / "features" / "data" / "mappings"
@@ -57,6 +58,7 @@ def test_canonical_export_reads_every_table() -> None:
         "activities": 6,
         "stakeholders": 3,
         "targets": 3,
+        "exchange_rates": 0,
     }
     deals = t.deals.set_index("deal_id")
     assert list(t.deals.columns[: len(columns("deals"))]) == columns("deals")
@@ -110,7 +112,6 @@ def _set(row: int, column: str, value: str) -> Callable[[pd.DataFrame], None]:
         ("deals.csv", _set(3, "created_at", "2024-13-45"), 3, "created_at", "unparsable date"),
         ("deals.csv", _set(1, "amount", "-5"), 1, "amount", "negative amount"),
         ("deals.csv", _set(1, "amount", "lots"), 1, "amount", "not a number"),
-        ("deals.csv", _set(3, "closed_at", "2023-01-01"), 3, "closed_at", "closed before created"),
         ("deals.csv", _set(2, "deal_id", "D1"), 2, "deal_id", "duplicate deal_id 'D1'"),
         ("deals.csv", _set(5, "forecast_category", "maybe"), 5, "forecast_category", "invalid"),
         ("deals.csv", _set(4, "loss_reason", "bad luck"), 4, "loss_reason", "invalid"),
@@ -217,11 +218,41 @@ def test_deals_only_export_derives_history_and_leaves_unknowns_unknown(tmp_path:
     assert any("derived" in n for n in result.notes)
 
 
-def test_observed_at_defaults_to_latest_recorded_time_not_planned_dates(tmp_path: Path) -> None:
+def test_observed_at_is_the_latest_happening_never_a_close_or_planned_date(tmp_path: Path) -> None:
     export = _copy(tmp_path, "canonical", drop=("stage_history.csv", "field_history.csv"))
-    t = read_export(export).tables
-    # the latest creation/close/stakeholder time, not next_step_date or expected_close_date
-    assert (t.deals["observed_at"] == pd.Timestamp("2024-05-10")).all()
+    result = read_export(export)
+    t = result.tables
+    # the latest creation (D5) or stakeholder added: not a close date (D4 closed 2024-05-10),
+    # next_step_date, expected_close_date or an activity (a meeting may be planned)
+    when = pd.Timestamp("2024-03-15 11:00")
+    assert (t.deals["observed_at"] == when).all()
+    # a deals-only export without modification dates: D3 and D4 closed "after the export", so
+    # they are closed by then; the note says what to do if the estimate is wrong
+    deals = t.deals.set_index("deal_id")
+    assert deals.loc["D3", "closed_at"] == when and deals.loc["D4", "closed_at"] == when
+    assert deals.loc["D4", "expected_close_date"] == pd.Timestamp("2024-05-31")
+    note = next(n for n in result.notes if "close date after the export" in n)
+    assert "2 closed deals" in note and "the export time (2)" in note and "--exported-at" in note
+
+
+def test_observed_at_counts_modifications_and_a_close_after_it_is_its_last_modification(
+    tmp_path: Path,
+) -> None:
+    export = _copy(tmp_path, "canonical", drop=("stage_history.csv", "field_history.csv"))
+
+    def modified(frame: pd.DataFrame) -> None:
+        frame["modified_at"] = ["2024-06-01T10:00:00", "", "2024-05-02T08:00:00", "", ""]
+        frame.loc[2, "closed_at"] = "2024-09-30T00:00:00"  # D3 closed with a future close date
+
+    _edit(export / "deals.csv", modified)
+    result = read_export(export)
+    deals = result.tables.deals.set_index("deal_id")
+    assert (deals["observed_at"] == pd.Timestamp("2024-06-01 10:00")).all()
+    assert "modified_at" not in deals.columns  # read, not stored
+    assert deals.loc["D3", "closed_at"] == pd.Timestamp("2024-05-02 08:00")  # last modification
+    assert deals.loc["D4", "closed_at"] == pd.Timestamp("2024-05-10")  # before the export: kept
+    note = next(n for n in result.notes if "close date after the export" in n)
+    assert "1 closed deals" in note and "its last modification (1)" in note
 
 
 # --- Salesforce -----------------------------------------------------------------------------------
@@ -306,14 +337,14 @@ def test_salesforce_contact_roles_mapped(salesforce: Any) -> None:
 def test_salesforce_errors_name_the_users_columns(tmp_path: Path) -> None:
     export = _copy(tmp_path, "salesforce")
     _edit(export / "Opportunity.csv", _set(2, "StageName", "Closed Maybe"))
-    _edit(export / "OpportunityHistory.csv", _set(4, "CreatedDate", "2024-03-20 10:00"))
+    _edit(export / "OpportunityHistory.csv", _set(4, "CreatedDate", "20/03/2024 10:00"))
     problems = _problems(export, mapping=load_mapping(MAPPINGS / "salesforce.yaml"))
     located = {(p.file, p.row, p.column) for p in problems}
     assert located == {
         ("Opportunity.csv", 2, "StageName"),
         ("OpportunityHistory.csv", 4, "CreatedDate"),
     }
-    assert any("'%Y-%m-%dT%H:%M:%S.%f%z'" in p.message for p in problems)
+    assert any("expected ISO 8601" in p.message for p in problems)
 
 
 def test_salesforce_own_stages(tmp_path: Path) -> None:
@@ -362,7 +393,7 @@ def test_hubspot_deals_export() -> None:
     assert deals.loc["9007", "forecast_category"] == "omitted"
     assert deals.loc["9001", "created_at"] == pd.Timestamp("2024-03-05 14:22")
     assert deals.loc["9006", "closed_at"] == pd.Timestamp("2024-05-15")
-    assert pd.isna(deals.loc["9008", "amount"]) and pd.isna(
+    assert missing(deals.loc["9008", "amount"]) and missing(
         deals.loc["9008", "expected_close_date"]
     )
     assert deals.loc["9001", "owner"] == "Anna de Vries"
@@ -586,7 +617,7 @@ def test_unmapped_role_is_other_and_unmapped_activity_type_missing(tmp_path: Pat
     roles = result.tables.stakeholders.set_index("contact_id")["role"]
     assert roles["0035g00000CON03AAA"] == "other"
     acts = result.tables.activities.set_index("activity_id")
-    assert pd.isna(acts.loc["00T5g00000TSK01AAA", "type"])  # kept: it still is an activity
+    assert missing(acts.loc["00T5g00000TSK01AAA", "type"])  # kept: it still is an activity
     assert any("'Procurement Lead'" in n and "stored as 'other'" in n for n in result.notes)
     assert any("'Video Call'" in n and "stored as missing" in n for n in result.notes)
 
@@ -775,7 +806,7 @@ def test_a_field_of_several_megabytes_is_read(tmp_path: Path, size: int) -> None
     export = _copy(tmp_path, "canonical")
     _edit(export / "deals.csv", _set(1, "next_step", "x" * size))
     deals = read_export(export).tables.deals.set_index("deal_id")
-    assert len(deals.loc["D1", "next_step"]) == size
+    assert len(str(deals.loc["D1", "next_step"])) == size
 
 
 def test_lines_are_exact_after_a_field_spanning_lines(tmp_path: Path) -> None:
@@ -986,7 +1017,11 @@ def test_events_after_the_export_and_activities_before_creation_are_noted(
     _edit(export / "activities.csv", _set(4, "occurred_at", "2024-01-15T08:00:00"))  # D2: 1 Feb
     result = read_export(export, exported_at=datetime(2024, 5, 5))
     notes = "\n".join(result.notes)
-    assert "1 deals closed after the export time (2024-05-05 00:00:00): deals.csv row 4" in notes
+    assert (
+        "1 closed deals have a close date after the export time (2024-05-05 00:00:00): taken as "
+        "closed as of the export time (1); the close date stays the expected close date: "
+        "deals.csv row 4"
+    ) in notes
     assert "2 stage changes after the export time" in notes
     assert "stage_history.csv rows 10, 12" in notes
     after = "after the export time (2024-05-05 00:00:00)"
@@ -1074,7 +1109,7 @@ def test_provided_with_a_mapping(tmp_path: Path) -> None:
 
 
 # --- the load command's import options ------------------------------------------------------------
-def _cli(*args: str) -> Any:
+def _cli(*args: str | Path) -> Any:
     from typer.testing import CliRunner
 
     from serving.cli import app
@@ -1125,3 +1160,103 @@ def test_no_importer_function_is_longer_than_80_lines() -> None:
                 if n > 80:
                     long.append(f"{f.name}:{node.name} ({n} lines)")
     assert not long
+
+
+# --- issue 13: deals entered after they closed, lookups, date alternatives, rates ---------------
+def test_a_deal_closed_before_it_was_created_is_accepted_and_flagged(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "canonical")
+    _edit(export / "deals.csv", _set(3, "closed_at", "2023-10-01"))  # D3 created 5 Nov 2023
+    result = read_export(export)
+    deals = result.tables.deals.set_index("deal_id")
+    assert deals.loc["D3", "entered_after_close"]
+    assert deals.loc["D3", "closed_at"] == pd.Timestamp("2023-10-01")  # a fact, kept
+    assert not deals.drop(index="D3")["entered_after_close"].any()
+    note = next(n for n in result.notes if "entered in the CRM after they closed" in n)
+    assert note.startswith("1 deals were entered in the CRM after they closed (1 with a close")
+    assert note.endswith("deals.csv row 3")
+
+
+def test_a_deal_created_closed_is_flagged_and_never_open(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "canonical")
+
+    def created_closed(frame: pd.DataFrame) -> pd.DataFrame:
+        # D4's history starts in closed_lost at its creation; its close date is later
+        d4 = frame["deal_id"] == "D4"
+        frame.loc[d4 & (frame["stage"] == "qualification"), "stage"] = "closed_lost"
+        return frame.loc[~(d4 & (frame["entered_at"] == "2024-05-10T00:00:00"))]
+
+    _edit(export / "stage_history.csv", created_closed)
+    deals = read_export(export).tables.deals.set_index("deal_id")
+    assert deals.loc["D4", "entered_after_close"]
+    d4 = deals.loc["D4"]
+    assert d4["closed_at"] == d4["created_at"]  # closed when created
+
+
+def test_the_salesforce_fixture_flags_its_deal_created_won(salesforce: Any) -> None:
+    deals = salesforce.tables.deals.set_index("deal_id")
+    assert deals["entered_after_close"].tolist() == [False] * 7 + [True]  # Helix: created won
+    assert any("1 deals were entered in the CRM after they closed" in n for n in salesforce.notes)
+
+
+def _users(export: Path, with_roles: bool = True) -> None:
+    (export / "User.csv").write_text(
+        "Id,FirstName,LastName,UserRoleId\n"
+        "0055g00000USR01AAA,Anna,de Vries,00E1\n"
+        "0055g00000USR02AAA,,Jansen,\n"
+    )
+    if with_roles:
+        (export / "UserRole.csv").write_text("Id,Name\n00E1,Benelux\n")
+
+
+def test_owners_and_teams_are_looked_up_in_user_and_role_files(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "salesforce")
+    _users(export)
+    result = read_export(export, mapping=load_mapping(MAPPINGS / "salesforce.yaml"))
+    deals = result.tables.deals.set_index("deal_id")
+    assert deals.loc[_sf(1), "owner"] == "Anna de Vries"  # "{FirstName} {LastName}"
+    assert deals.loc[_sf(3), "owner"] == "Jansen"  # no first name: no stray space
+    assert deals.loc[_sf(5), "owner"] == "0055g00000USR03AAA"  # not in User.csv: kept
+    assert deals.loc[_sf(1), "team"] == "Benelux"
+    assert deals["team"].isna()[[_sf(3), _sf(5)]].all()  # no role, unmatched: no team
+    note = next(n for n in result.notes if n.startswith("deals.owner (OwnerId) looked up"))
+    assert "6 rows found; 2 not found, kept as they are: Opportunity.csv rows 5, 6" in note
+
+
+def test_a_missing_lookup_file_is_noted(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "salesforce")
+    _users(export, with_roles=False)
+    result = read_export(export, mapping=load_mapping(MAPPINGS / "salesforce.yaml"))
+    deals = result.tables.deals
+    assert deals["team"].isna().all() and deals["owner"].str.contains(" ").any()
+    assert any("lookup of deals.team: User.csv (or a file it leads to)" in n for n in result.notes)
+
+
+def test_date_formats_may_list_alternatives(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "hubspot")
+    _edit(export / "all-deals.csv", _set(2, "Create Date", "02/12/2024"))  # no time of day
+    _edit(export / "all-deals.csv", _set(3, "Create Date", "2024-01-08 08:00"))
+    deals = read_export(export, mapping=load_mapping(MAPPINGS / "hubspot.yaml")).tables.deals
+    created = deals.set_index("deal_id")["created_at"]
+    assert created["9002"] == pd.Timestamp("2024-02-12") and created["9003"] == pd.Timestamp(
+        "2024-01-08 08:00"
+    )
+    _edit(export / "all-deals.csv", _set(4, "Create Date", "Dec 1st"))
+    problems = _problems(export, mapping=load_mapping(MAPPINGS / "hubspot.yaml"))
+    assert "or '%m/%d/%Y' or '%Y-%m-%d %H:%M'" in problems[0].message
+
+
+def test_salesforce_rates_since_always_and_currency_codes(tmp_path: Path) -> None:
+    export = _copy(tmp_path, "salesforce")
+    _edit(export / "Opportunity.csv", lambda f: f.assign(CurrencyIsoCode=["eur"] + ["USD"] * 7))
+    (export / "CurrencyType.csv").write_text(
+        "IsoCode,ConversionRate,IsCorporate\nUSD,1,1\nEUR,0.9,0\n"
+    )
+    (export / "DatedConversionRate.csv").write_text(
+        "IsoCode,ConversionRate,StartDate,NextStartDate\nEUR,0.95,0001-01-01,2024-04-01\n"
+        "EUR,0.92,2024-04-01,\n"
+    )
+    result = read_export(export, mapping=load_mapping(MAPPINGS / "salesforce.yaml"))
+    rates = result.tables.exchange_rates.sort_values(["currency", "valid_from"])
+    assert rates["valid_from"].dropna().min() == pd.Timestamp("1900-01-01")
+    assert rates.loc[rates["is_corporate"], "currency"].tolist() == ["USD"]
+    assert result.tables.deals["currency"].tolist() == ["EUR"] + ["USD"] * 7

@@ -18,21 +18,22 @@ import pytest
 
 from features.data.importer import read_export
 from features.data.schema import CanonicalTables
-from features.data.stages import load_stage_config
+from features.data.stages import StageConfig
 from features.data.store import Store
 from features.signals import SIGNALS
 from features.signals.audit import deal_folds, separation
 from features.signals.snapshots import build_snapshots
 from features.synthetic.generator import generate, write_dataset
 
-CFG = load_stage_config()
 # How much a signal's single-signal AUC for `won` may rise when history is removed (noise only).
 AUC_RISE_LIMIT = 0.02
 
 
-def _load(export: Path, db: Path, drop_fields: tuple[str, ...] | None) -> CanonicalTables:
+def _load(
+    export: Path, db: Path, drop_fields: tuple[str, ...] | None, cfg: StageConfig
+) -> CanonicalTables:
     """Import through the store, without the field history of ``drop_fields`` (all: None)."""
-    tables = read_export(export, stages=CFG).tables
+    tables = read_export(export, stages=cfg).tables
     fh = tables.field_history
     kept = fh.iloc[0:0] if drop_fields is None else fh[~fh["field"].isin(list(drop_fields))]
     with Store(db, read_only=False) as store:
@@ -42,20 +43,23 @@ def _load(export: Path, db: Path, drop_fields: tuple[str, ...] | None) -> Canoni
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CanonicalTables]:
+def stores(
+    tmp_path_factory: pytest.TempPathFactory, cfg: StageConfig
+) -> dict[str, CanonicalTables]:
     root = tmp_path_factory.mktemp("leak")
     write_dataset(generate(700, seed=21), root / "export")
+    export = root / "export"
     return {
-        "full": _load(root / "export", root / "full.duckdb", ()),
-        "no field history": _load(root / "export", root / "none.duckdb", None),
-        "no category history": _load(root / "export", root / "cat.duckdb", ("forecast_category",)),
+        "full": _load(export, root / "full.duckdb", (), cfg),
+        "no field history": _load(export, root / "none.duckdb", None, cfg),
+        "no category history": _load(export, root / "cat.duckdb", ("forecast_category",), cfg),
     }
 
 
 @pytest.fixture(scope="module")
-def snaps(stores: dict[str, CanonicalTables]) -> dict[str, pd.DataFrame]:
+def snaps(stores: dict[str, CanonicalTables], cfg: StageConfig) -> dict[str, pd.DataFrame]:
     return {
-        name: build_snapshots(data, CFG, start="2023-01-01", end="2025-12-31", freq="2W-MON")
+        name: build_snapshots(data, cfg, start="2023-01-01", end="2025-12-31", freq="2W-MON")
         for name, data in stores.items()
     }
 

@@ -33,14 +33,14 @@ def test_shipped_mappings_load() -> None:
     assert sf.custom_columns()["custom_lead_source"] == "LeadSource"
     hs = load_mapping(MAPPINGS / "hubspot.yaml")
     assert hs.tables["deals"].columns["deal_id"] == ["Record ID", "Deal ID"]
-    assert hs.tables["deals"].dates["created_at"] == "%m/%d/%Y %H:%M"
-    assert set(hs.tables) == {"deals"}
+    assert hs.tables["deals"].dates["created_at"][0] == "%m/%d/%Y %H:%M"
+    assert set(hs.tables) == {"deals", "targets"}
     snapshot = sf.tables["field_history"].sources[1]
     assert snapshot.file == "OpportunityHistory.csv" and snapshot.is_snapshot
     assert snapshot.snapshot == {
         "amount": "Amount",
         "expected_close_date": "CloseDate",
-        "forecast_category": "ForecastCategory",
+        "forecast_category": ["ForecastCategory", "ForecastCategoryName"],
     }
     assert snapshot.previous["amount"] == "PrevAmount"
     assert not sf.tables["field_history"].sources[0].is_snapshot
@@ -86,7 +86,7 @@ def test_yaml_scalar_keys_compare_as_text() -> None:
         (lambda d: d["tables"]["deals"]["sources"][0].update(fil="x.csv"), "sources.0.fil"),
         (lambda d: d["tables"]["deals"].update(sources=[]), "tables.deals.sources"),
         (lambda d: d.update(timezone="Mars/Olympus"), "timezone"),
-        (lambda d: d["tables"]["deals"]["dates"].update(amount="%Y"), "dates.amount"),
+        (lambda d: d["tables"]["deals"].update(dates={"amount": "%Y"}), "dates.amount"),
         (
             lambda d: d["tables"]["activities"].update(custom={"x": "y"}),
             "tables.activities.custom",

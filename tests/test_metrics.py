@@ -327,7 +327,11 @@ def test_later_events_change_nothing(m, cfg):
 
 
 def _export_at(data, as_of, cfg):
-    """The dataset as an export taken at ``as_of`` would have held it (custom columns aside)."""
+    """The dataset with everything after ``as_of`` cut off: deals created later dropped, closes
+    after it undone, history after it removed, tracked fields and stage rolled back to their
+    values at ``as_of``. The rows keep their ``observed_at`` (the store's export time): custom
+    columns carry no history, so what they held at ``as_of`` cannot be rebuilt; unknown before
+    the export in both datasets, they are left as they are."""
     states = deal_states_as_of(data, as_of, cfg).set_index("deal_id")
     deals = data.deals[data.deals["created_at"] <= as_of].copy()
     later = (deals["closed_at"] > as_of).to_numpy()
@@ -335,7 +339,6 @@ def _export_at(data, as_of, cfg):
     deals.loc[later, ["closed_at", "loss_reason"]] = None
     for col in (*TRACKED_FIELDS, "stage"):
         deals[col] = states[col].reindex(deals["deal_id"]).to_numpy()
-    deals["observed_at"] = as_of
 
     def upto(frame, column):
         return frame[frame[column] <= as_of].reset_index(drop=True)
@@ -378,7 +381,7 @@ def test_empty_dataset_and_no_history(cfg):
 
 
 def test_every_field_has_one_registered_metric():
-    header = {"as_of", "quarter", "team", "owner"}
+    header = {"as_of", "quarter", "team", "owner", "currency"}
     fields = [f.name for f in dataclasses.fields(PipelineMetrics) if f.name not in header]
     assert list(METRICS) == fields
 
@@ -391,3 +394,36 @@ def test_scope_known_only_from_a_target_is_empty_not_an_error(cfg):
     assert m.weighted.closing_this_quarter == 0.0
     with pytest.raises(NotFoundError, match="--owner 'nobody'"):
         compute_metrics(data, cfg, AS_OF, owner="nobody")
+
+
+def test_unknown_amounts_and_close_dates_are_counted_never_zero(cfg, m):
+    """A CRM that logs neither amounts nor close dates: before the export no open deal's amount
+    or expected close date is known. The sums add nothing for them and say how many; closed
+    deals keep the amounts they closed with."""
+    logged = ("forecast_category", "next_step", "next_step_date")
+    data = tables(
+        deals=_deals(),
+        stage_history=HISTORY,
+        activities=ACTIVITIES,
+        targets=TARGETS,
+        logged_from_creation=logged,
+    )
+    u = compute_metrics(data, cfg, AS_OF)
+    assert (u.open_pipeline.count, u.open_pipeline.value, u.open_pipeline.amount_unknown) == (
+        4,
+        0.0,
+        4,
+    )
+    assert u.weighted.unknown_amount_count == 4 and u.weighted.all_open == 0.0
+    assert u.coverage.close_date_unknown == 4 and u.closing_this_quarter.count == 0
+    assert u.new_pipeline.amount_unknown == 2
+    assert u.coverage.won_this_quarter == 250_000.0 and u.coverage.won_amount_unknown == 0
+    assert u.average_deal_size.average == pytest.approx(200_000.0)
+    assert [f.amount_unknown for f in u.funnel.stages] == [1, 1, 1, 1]
+    json.dumps(u.to_dict(), allow_nan=False)
+    # the fully logged fixture: nothing unknown
+    assert m.open_pipeline.amount_unknown == 0 and m.coverage.close_date_unknown == 0
+    assert m.weighted.unknown_amount_count == 0
+    # at the export the rows say them all
+    at_export = compute_metrics(data, cfg, to_timestamp("2025-12-31"))
+    assert at_export.open_pipeline.amount_unknown == 0

@@ -75,3 +75,18 @@ def test_leaves_no_pyplot_state(tmp_path, cfg):
     # No pyplot figure was opened (pyplot may not even be imported).
     plt = sys.modules.get("matplotlib.pyplot")
     assert plt is None or plt.get_fignums() == []
+
+
+def test_unknown_amounts_and_close_dates_are_said_on_the_plot(tmp_path, cfg):
+    """A CRM that logs no amounts or close dates: before the export the coverage bars cannot
+    count the open deals, and the panel says so instead of showing them as 0."""
+    from dataclasses import replace
+
+    from features.pipeline.plots import _unknown_note
+
+    data = build()
+    bare = replace(data, field_history=data.field_history.iloc[0:0])
+    metrics = compute_metrics(bare, cfg, AS_OF)
+    assert _unknown_note(metrics) == "not counted: 2 open deals with unknown close date"
+    assert _unknown_note(compute_metrics(data, cfg, AS_OF)) == ""
+    assert png_size(plot_pipeline(metrics, cfg, tmp_path / "bare.png")) == (1430, 1045)

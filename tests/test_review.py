@@ -225,3 +225,32 @@ def test_bad_sort_and_unknown_scope_are_user_errors(cfg):
         review_pack(build(), cfg, AS_OF, sort_by="size")  # type: ignore[arg-type]
     with pytest.raises(NotFoundError, match="--team 'nowhere'"):
         review_pack(build(), cfg, AS_OF, team="nowhere")
+
+
+def test_a_deals_creation_is_not_a_change_of_the_week(cfg):
+    """A deal created in the week: the creation rows of its fields (no old value, on its
+    creation day) and its first stage are how it started, not changes; a next-step date first
+    set two days later is one."""
+    data = tables(
+        deals=[deal("C1", "2025-06-10", amount=200_000.0, **OK)],
+        stage_history=[("C1", "qualification", "2025-06-10")],
+        field_history=[("C1", "next_step_date", None, "2025-06-20", "2025-06-12 09:00")],
+    )
+    assert (data.field_history["old_value"].isna()).sum() == 6  # five creation rows + the date
+    (d,) = review_pack(data, cfg, AS_OF).deals
+    assert [(c.field, c.old, c.new, c.changes) for c in d.changes] == [
+        ("next_step_date", None, "2025-06-20", 1)
+    ]
+
+
+def test_deals_with_an_unknown_amount_are_counted_not_reviewed(cfg):
+    """A CRM that does not log amounts: before the export no open deal's amount is known, so
+    none can be compared with the threshold; the pack says how many."""
+    data = tables(
+        deals=[deal("U1", "2025-05-01", amount=500_000.0, **OK)],
+        stage_history=[("U1", "qualification", "2025-05-01")],
+        logged_from_creation=("expected_close_date", "next_step", "next_step_date"),
+    )
+    pack = review_pack(data, cfg, AS_OF)
+    assert pack.deals == [] and pack.amount_unknown == 1
+    assert review_pack(data, cfg, to_timestamp("2025-12-31")).deal_count == 1  # the export says

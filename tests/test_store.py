@@ -22,6 +22,7 @@ from features.errors import NotFoundError, StoreBusyError, StoreError
 from features.pipeline.metrics import compute_metrics
 from features.settings import DEFAULT_DB, get_settings
 from features.signals.pointintime import deal_states_as_of
+from tests.checks import missing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 JUNE = datetime(2024, 6, 1)
@@ -36,7 +37,7 @@ def export(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     with Store(tmp_path / "test.duckdb", read_only=False) as s:
         yield s
 
@@ -274,8 +275,8 @@ def test_narrower_reimport_leaves_columns_it_lacks_alone(store: Store, export: P
         pd.testing.assert_series_equal(after.loc[before.index, col], before[col])
     assert after.loc["D4", "loss_reason"] == "competitor"
     assert after.loc["D1", "team"] == "north" and after.loc["D1", "forecast_category"] == "commit"
-    assert pd.isna(after.loc["D2", "next_step"])  # a value the export emptied is emptied
-    assert pd.isna(after.loc["D6", "team"])  # a new deal: nothing to keep
+    assert missing(after.loc["D2", "next_step"])  # a value the export emptied is emptied
+    assert missing(after.loc["D6", "team"])  # a new deal: nothing to keep
     assert (after["observed_at"] == pd.Timestamp(JULY)).all()
 
 
@@ -320,7 +321,18 @@ def test_deals_only_import_merges_into_crm_history(
     ]
     assert report.recorded_changes == 2
     for day, states in past.items():  # time in stage, stages and amounts before the export
-        pd.testing.assert_frame_equal(_deal_states(store, day), states, check_like=True)
+        got = _deal_states(store, day)
+        if day == "2024-06-30":
+            # The June row spoke for 30 June; the stored row is July's now, and fields without
+            # history (next step and its date, custom columns) are unknown before it speaks.
+            lost = ["next_step", "next_step_date", "custom_buying_process"]
+            replaced = ~got["deal_id"].isin(["D3", "D4"])  # D3, D4 closed before: rows hold
+            assert got.loc[replaced, lost].isna().all().all()
+            assert not got.loc[replaced, ["next_step_known", "row_known"]].any().any()
+            unknown = [*lost, "next_step_known", "next_step_date_known", "row_known"]
+            unknown.append("history_known")
+            got, states = got.drop(columns=unknown), states.drop(columns=unknown)
+        pd.testing.assert_frame_equal(got, states, check_like=True)
     now = _deal_states(store, "2024-07-01").set_index("deal_id")
     assert now.loc["D2", "stage"] == "needs_analysis" and now.loc["D1", "amount"] == 125000
     # metrics for a past date crashed on the mixed history
@@ -563,7 +575,7 @@ def test_an_export_without_close_columns_still_reopens_a_deal(store: Store, expo
     provided = _write_deals(export, narrow)
     store.load(read_export(export, exported_at=JULY).tables, provided={"deals": provided})
     deals = store.read("deals").set_index("deal_id")
-    assert deals.loc["D4", "outcome"] == "open" and pd.isna(deals.loc["D4", "closed_at"])
+    assert deals.loc["D4", "outcome"] == "open" and missing(deals.loc["D4", "closed_at"])
     assert deals.loc["D3", "outcome"] == "won"  # still closed: its close date stays
     assert deals.loc["D3", "closed_at"] == pd.Timestamp("2024-04-22")
     states = _deal_states(store, "2024-07-01").set_index("deal_id")
@@ -579,3 +591,12 @@ def test_extensions_are_never_loaded_or_installed(store: Store, export: Path) ->
                 "current_setting('autoinstall_known_extensions')"
             ).fetchone()
             assert settings == (False, False)
+
+
+def test_tables_without_an_optional_flag_read_back_as_false(store: Store, export: Path) -> None:
+    """Tables built in code (the generator's) may lack ``entered_after_close``: read as False."""
+    tables = read_export(export, exported_at=JUNE).tables
+    deals = tables.deals.drop(columns=["entered_after_close"], errors="ignore")
+    store.load(CanonicalTables(**{**dict(tables.items()), "deals": deals}))
+    flags = store.read("deals")["entered_after_close"]
+    assert flags.dtype == bool and not flags.any()

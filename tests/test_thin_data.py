@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -171,8 +172,8 @@ SCENARIOS: dict[str, Scenario] = {
 KNOWN_CRASHES: dict[tuple[str, str], str] = {}
 
 
-def _cases() -> list[object]:
-    cases = []
+def _cases() -> list[Any]:
+    cases: list[Any] = []
     for command in COMMANDS:
         for name in SCENARIOS:
             marks = []

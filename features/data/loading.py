@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from features.data.importer import check_encoding, read_export
+from features.data.importer import check_currency, check_encoding, read_export
 from features.data.mapping import Mapping
 from features.data.stages import StageConfig
 from features.data.store import LoadReport, Store
@@ -34,6 +34,9 @@ def load_export(
     exported_at: datetime | None = None,
     strict: bool = False,
     encoding: str | None = None,
+    currency: str | None = None,
+    default_currency: str | None = None,
+    rates: str | Path | None = None,
     lock_timeout: float | None = None,
 ) -> Loaded:
     """Read ``path`` and load it into the store ``db``.
@@ -42,6 +45,7 @@ def load_export(
     ``StoreBusyError`` when another load holds the store longer than ``lock_timeout``.
     """
     check_encoding(encoding)  # before the store is opened: a typo changes nothing
+    check_currency(currency, "currency")
     with Store(db, read_only=False, lock_timeout=lock_timeout) as store:
         result = read_export(
             path,
@@ -51,6 +55,10 @@ def load_export(
             known_deal_ids=store.deal_ids(),
             strict=strict,
             encoding=encoding,
+            currency=currency,
+            default_currency=default_currency,
+            rates=rates,
+            known_rates=store.read("exchange_rates"),
         )
         # Columns the export carried: a column it lacks keeps the stored values.
         report = store.load(result.tables, provided=result.provided)

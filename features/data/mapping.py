@@ -13,6 +13,7 @@ Format (every key but ``tables`` optional)::
     timezone: UTC               # zone of timestamps that carry no offset
     encoding: windows-1252      # text encoding of every file (default: UTF-8, see the importer)
     exported_at: 2024-06-30T18:00:00Z
+    currency: USD               # the corporate currency, when the export does not name it
     stages: {Prospecting: qualification, Closed Won: closed_won}   # CRM stage -> stage key
     tables:
       deals:
@@ -21,6 +22,11 @@ Format (every key but ``tables`` optional)::
         values: {forecast_category: {Best Case: best_case}}               # per canonical column
         dates: {created_at: "%Y-%m-%dT%H:%M:%S.%f%z"}                     # pandas format
         custom: {lead_source: LeadSource}                                 # -> custom_lead_source
+        lookups:                  # a column's cells are keys of another file of the export
+          owner: {file: User.csv, key: Id, value: [Name, "{FirstName} {LastName}"]}
+          team:                   # a chain: the owner's role, then the role's name
+            {file: User.csv, key: Id, value: UserRoleId, unmatched: empty,
+             then: {file: UserRole.csv, key: Id, value: Name}}
       field_history:
         sources:
           - {file: OpportunityFieldHistory.csv, columns: {field: Field, ...}}
@@ -34,14 +40,24 @@ Format (every key but ``tables`` optional)::
           - {file: Task.csv, columns: {type: TaskSubtype}, skip: {type: [Task, null]}}
           - {file: Event.csv, constants: {type: meeting}, encoding: utf-16}
 
-Column keys are canonical names; a value may list alternatives (the first present in the file is
-used). Table-level ``columns``/``values``/``dates``/``constants``/``defaults``/``skip`` apply to
+Column keys are canonical names (and ``deals.modified_at``, the CRM's last modification, which the
+importer reads for the export time and does not store); a value may list alternatives (the first
+present in the file is used). A date format may list alternatives too (each value takes the first
+that parses it). A lookup replaces a column's cells by the ``value`` of the row whose ``key``
+matches in another file (``then``: look that up again); a value alternative with braces joins
+columns (``"{FirstName} {LastName}"``). Cells not found stay as they are (``unmatched: keep``) or
+become empty (``unmatched: empty``); a missing lookup file is noted.
+
+Table-level ``columns``/``values``/``dates``/``constants``/``defaults``/``skip`` apply to
 every source of the table; a source's own entries override them. In ``field_history``, ``dates``
 may also name a date-valued tracked field (``expected_close_date``): the format of its values.
 
 Value maps and stage maps match case- and space-insensitively (:func:`fold`); a canonical value
 (``fit``) or its label (``Status quo``) needs no entry. Targets of a value map must be canonical
 values of the column (``ENUMS``); two keys that differ only in case or spacing must agree.
+
+A value written as ``"?"`` is a place ``pipecast mapping suggest`` could not fill: a mapping that
+still holds one is refused, naming every such key.
 """
 
 from __future__ import annotations
@@ -56,10 +72,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from features.data.config import KeyedError, read_yaml, validate
+from features.data.config import ConfigError, KeyedError, read_yaml, validate
 from features.data.schema import (
+    CURRENCY_CODE,
     CUSTOM_PREFIX,
     DATE_FIELDS,
+    IMPORT_ONLY_COLUMNS,
     TABLE_SCHEMAS,
     TIMESTAMP_COLUMNS,
     TRACKED_FIELDS,
@@ -102,6 +120,8 @@ class _Strict(BaseModel):
 # A cell value in a mapping file: YAML may give numbers or booleans (e.g. IsWon: true).
 Scalar = str | int | float | bool
 ColumnRef = str | list[str]
+# What ``pipecast mapping suggest`` writes where it could not decide.
+UNFILLED = "?"
 
 
 def as_text(value: Any) -> Any:
@@ -125,15 +145,48 @@ def known_encoding(value: str | None) -> str | None:
 Encoding = Annotated[str | None, AfterValidator(known_encoding)]
 
 
+def currency_code(value: str | None) -> str | None:
+    """An ISO 4217 code in upper case (ValueError otherwise)."""
+    if value is None:
+        return None
+    code = value.strip().upper()
+    if not re.fullmatch(CURRENCY_CODE, code):
+        raise ValueError(f"{value!r} is not a currency code (three letters, e.g. USD, MXN, EUR)")
+    return code
+
+
+CurrencyCode = Annotated[str | None, AfterValidator(currency_code)]
+_PLAIN_FILE = "must be a file name in the export directory, not a path"
+
+
+class Lookup(_Strict):
+    """Cells of a column as keys of another file: replaced by that row's ``value``."""
+
+    file: Annotated[str, Field(min_length=1)]
+    key: ColumnRef
+    value: ColumnRef
+    encoding: Encoding = None
+    unmatched: Literal["keep", "empty"] = "keep"
+    then: Lookup | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value:
+            raise ValueError(_PLAIN_FILE)
+        return value
+
+
 class Conversions(_Strict):
     """What a table and each of its sources may declare; a source's entries override the table's."""
 
     columns: dict[str, ColumnRef] = {}
     values: dict[str, dict[str, Scalar | None]] = {}
-    dates: dict[str, str] = {}
+    dates: dict[str, str | list[str]] = {}
     constants: dict[str, Scalar] = {}
     defaults: dict[str, Scalar] = {}
     skip: dict[str, list[Scalar | None]] = {}
+    lookups: dict[str, Lookup] = {}
 
     @field_validator("values", mode="before")
     @classmethod
@@ -159,7 +212,7 @@ class Source(Conversions):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         if "/" in value or "\\" in value:
-            raise ValueError("must be a file name in the export directory, not a path")
+            raise ValueError(_PLAIN_FILE)
         return value
 
     @property
@@ -182,13 +235,14 @@ class TableMapping(Conversions):
             constants={**self.constants, **source.constants},
             defaults={**self.defaults, **source.defaults},
             skip={**self.skip, **source.skip},
+            lookups={**self.lookups, **source.lookups},
         )
 
 
 def _check_conversions(table: str, where: str, conv: Conversions) -> None:
     """Every canonical column a mapping names must exist; report the exact key if not."""
-    known = set(columns(table))
-    for part in ("columns", "values", "dates", "constants", "defaults", "skip"):
+    known = set(columns(table)) | set(IMPORT_ONLY_COLUMNS.get(table, {}))
+    for part in ("columns", "values", "dates", "constants", "defaults", "skip", "lookups"):
         for col in getattr(conv, part):
             if col not in known and not (part == "dates" and table == "field_history"):
                 raise KeyedError(
@@ -196,6 +250,7 @@ def _check_conversions(table: str, where: str, conv: Conversions) -> None:
                     f"unknown column of {table}; known: {sorted(known)}",
                 )
     dated = set(TIMESTAMP_COLUMNS[table]) | (DATE_FIELDS if table == "field_history" else set())
+    dated |= set(IMPORT_ONLY_COLUMNS.get(table, {}))  # modified_at
     for col in conv.dates:
         if col not in dated:
             raise KeyedError(f"tables.{table}.{where}dates.{col}", "not a date/time column")
@@ -246,6 +301,7 @@ class Mapping(_Strict):
     timezone: str = "UTC"
     encoding: Encoding = None
     exported_at: datetime | None = None
+    currency: CurrencyCode = None
     stages: dict[str, str] = {}
     tables: dict[str, TableMapping]
 
@@ -309,8 +365,29 @@ def _conversions_of(tm: TableMapping) -> Iterator[tuple[str, Conversions]]:
         yield f"sources.{i}.", source
 
 
+def unfilled_keys(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is the ``"?"`` that ``pipecast mapping suggest`` left to fill."""
+    if isinstance(data, dict):
+        items: Iterable[tuple[Any, Any]] = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return [prefix] if data == UNFILLED else []
+    return [
+        k for key, v in items for k in unfilled_keys(v, f"{prefix}.{key}" if prefix else str(key))
+    ]
+
+
 def parse_mapping(data: Any, source: str = "<mapping>") -> Mapping:
     """Validate already-parsed YAML data; ``source`` names the file in error messages."""
+    todo = unfilled_keys(data)
+    if todo:
+        shown = "\n".join(f"  {k}: fill in the '?'" for k in todo[:30])
+        more = f"\n  ... and {len(todo) - 30} more" if len(todo) > 30 else ""
+        raise ConfigError(
+            f"{source}: {len(todo)} value{'s are' if len(todo) > 1 else ' is'} still marked '?' "
+            f"(left by pipecast mapping suggest):\n{shown}{more}"
+        )
     return validate(Mapping, data, source, "mapping", "tables")
 
 

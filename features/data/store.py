@@ -43,6 +43,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from features.data.currency import corporate_currency
 from features.data.schema import (
     CUSTOM_PREFIX,
     PRIMARY_KEYS,
@@ -60,6 +61,10 @@ from features.settings import get_settings
 # DuckDB primary key; the large append-only history tables get none (an ART index on millions of
 # text keys doubles the load time) and their natural key is kept by an anti-join on insert.
 _UPSERT_TABLES = ("deals", "targets")
+# Tables and deal columns newer than the first stores: a store without them is read as if they
+# were empty (no rates: one unnamed currency; no currency: the corporate one), and a load adds
+# them.
+_ADDED_TABLES = ("exchange_rates",)
 # Set by the importer on every deal row (outcome from the stage, which every export carries when
 # it lacks an outcome column), so always replaced with a newer row.
 _ALWAYS_PROVIDED = frozenset({"observed_at", "history_source", "outcome"})
@@ -295,7 +300,7 @@ class Store:
                 raise StoreError(f"{self.path}: cannot open the store: {err}") from None
         self._sql("USE store")
         names = self._table_names()
-        missing = [t for t in CanonicalTables.TABLES if t not in names]
+        missing = [t for t in CanonicalTables.TABLES if t not in names and t not in _ADDED_TABLES]
         if not missing:
             return
         if not names and not self.read_only:
@@ -363,12 +368,20 @@ class Store:
         return {str(r[0]) for r in rows}
 
     def _create_tables(self) -> None:
+        """Every canonical table and column (a store made by an earlier pipecast gains the newer
+        ones, empty)."""
         for table in CanonicalTables.TABLES:
             template = empty_frame(table)
             defs = [f"{_q(c)} {_sql_type(template[c].dtype)}" for c in template.columns]
             if table in _UPSERT_TABLES:
                 defs.append(f"PRIMARY KEY ({_cols(list(PRIMARY_KEYS[table]))})")
             self._sql(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(defs)})")
+            have = set(self._columns(table))
+            for col in template.columns:
+                if col not in have:
+                    sql_type = _sql_type(template[col].dtype)
+                    default = " DEFAULT FALSE" if sql_type == "BOOLEAN" else ""
+                    self._sql(f"ALTER TABLE {table} ADD COLUMN {_q(col)} {sql_type}{default}")
 
     # --- writing -------------------------------------------------------------------------------
     def load(
@@ -503,7 +516,7 @@ class Store:
         changes = self._capture_row_changes(deals_view, deals, deal_cols)
         inserted: dict[str, int] = {}
         for table, (view, frame) in views.items():
-            if table not in _UPSERT_TABLES:
+            if table not in (*_UPSERT_TABLES, "exchange_rates"):
                 source = self._history_source(table, view, deals_view, deals)
                 inserted[table] = self._append(table, source, frame)
         recorded = self._record_row_changes(changes, deal_cols)
@@ -515,6 +528,7 @@ class Store:
         inserted["targets"], _ = self._upsert(
             "targets", view, targets, self._provided_columns("targets", targets, provided)
         )
+        inserted["exchange_rates"] = self._upsert_rates(*views["exchange_rates"])
         order = list(CanonicalTables.TABLES)
         return LoadReport(
             inserted=dict(sorted(inserted.items(), key=lambda kv: order.index(kv[0]))),
@@ -680,6 +694,34 @@ class Store:
         )
         return self._count(table) - before, updated
 
+    def _upsert_rates(self, view: str, rates: pd.DataFrame) -> int:
+        """Rates by (currency, valid_from), a fixed rate's valid_from being NULL: a rate the
+        export carries replaces the stored one; rates it lacks stay. Returns the new keys.
+
+        A store keeps one corporate currency: rates against another are refused (their amounts
+        would be mixed with the stored ones), store unchanged.
+        """
+        if rates.empty:
+            return 0
+        stored = self._sql("SELECT DISTINCT currency FROM exchange_rates WHERE is_corporate")
+        incoming = corporate_currency(rates)
+        if stored and incoming is not None and str(stored[0][0]) != incoming:
+            raise StoreError(
+                f"{self.path} holds amounts converted to {stored[0][0]}; this export's corporate "
+                f"currency is {incoming}: load it into another store (a store never mixes two)"
+            )
+        same = "t.currency = i.currency AND t.valid_from IS NOT DISTINCT FROM i.valid_from"
+        before = self._count("exchange_rates")
+        self._sql(
+            f"DELETE FROM exchange_rates AS t WHERE EXISTS (SELECT 1 FROM {view} AS i WHERE {same})"
+        )
+        cols = columns("exchange_rates")
+        self._sql(
+            f"INSERT INTO exchange_rates ({_cols(cols)}) SELECT DISTINCT ON (i.currency, "
+            f"i.valid_from) {_cols(cols, 'i.')} FROM {view} AS i"
+        )
+        return self._count("exchange_rates") - before
+
     @staticmethod
     def _new_value(table: str, column: str) -> str:
         if table == "deals" and column == "history_source":
@@ -715,13 +757,23 @@ class Store:
         """One table in canonical dtypes, ordered by its natural key."""
         if table not in CanonicalTables.TABLES:
             raise NotFoundError(f"unknown table {table!r}; known: {list(CanonicalTables.TABLES)}")
+        template = empty_frame(table)
+        if table not in self._table_names():  # a store from before the table existed
+            return template
         order = _cols(list(PRIMARY_KEYS[table]))
         with self._interruptible():
             frame = self.con.execute(f"SELECT * FROM {table} ORDER BY {order}").df()
-        template = empty_frame(table)
+        for col in template.columns:
+            if col not in frame.columns:  # a store from before the column existed
+                dtype = template[col].dtype
+                empty = False if pd.api.types.is_bool_dtype(dtype) else np.nan
+                frame[col] = pd.Series(empty, index=frame.index).astype(dtype)
         for col in frame.columns:
             if col in template:
-                frame[col] = frame[col].astype(template[col].dtype)
+                dtype = template[col].dtype
+                if pd.api.types.is_bool_dtype(dtype):  # an optional flag not given: False
+                    frame[col] = frame[col].fillna(False).infer_objects()
+                frame[col] = frame[col].astype(dtype)
             elif frame[col].dtype == object:
                 frame[col] = frame[col].astype("str")
         return frame
@@ -730,7 +782,8 @@ class Store:
         return CanonicalTables(**{t: self.read(t) for t in CanonicalTables.TABLES})
 
     def counts(self) -> dict[str, int]:
-        return {t: self._count(t) for t in CanonicalTables.TABLES}
+        names = self._table_names()
+        return {t: self._count(t) if t in names else 0 for t in CanonicalTables.TABLES}
 
     def deal_ids(self) -> set[str]:
         return {str(r[0]) for r in self._sql("SELECT deal_id FROM deals")}

@@ -30,8 +30,24 @@ import pandas as pd
 
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
-from features.signals import compute_signals
+from features.signals.driver import signals_of_states
 from features.signals.stage import days_in_stage as days_in_stage_signal
+
+# The signals the reports read (hygiene rules, review pack and its risk notes); computing the
+# others (activity windows, track records, amount changes) would cost time nobody reads.
+FACT_SIGNALS: tuple[str, ...] = (
+    "days_since_last_activity",
+    "deal_age_days",
+    "days_to_expected_close",
+    "days_left_in_quarter",
+    "days_in_stage",
+    "stage_norm_ratio",
+    "next_step_defined",
+    "days_to_next_step",
+    "close_date_push_count",
+    "decision_maker_engaged",
+    "n_stakeholders",
+)
 
 
 def over_stage_limit(days_in_stage: Any, limit_days: Any) -> Any:
@@ -56,16 +72,17 @@ def stage_limits(stages: StageConfig) -> dict[str, tuple[float, float]]:
 def open_deal_facts(
     tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, states: pd.DataFrame
 ) -> pd.DataFrame:
-    """One row per open deal of ``states`` (rebuilt as of ``as_of``), in ``states``' order: its
-    state columns, its signals as of ``as_of`` and the derived facts of the module docstring."""
+    """One row per open deal of ``states`` (rebuilt as of ``as_of`` by
+    :func:`~features.signals.pointintime.deal_states_as_of`), in ``states``' order: its state
+    columns, its signals (:data:`FACT_SIGNALS`) as of ``as_of`` and the derived facts of the
+    module docstring. The signals are computed on these very states, not on a second rebuild."""
     open_states = states[states["is_open"]].reset_index(drop=True)
-    signals = compute_signals(
-        tables, [as_of], stages, deal_ids=open_states["deal_id"].tolist(), open_only=True
+    stamp = pd.Series(pd.Timestamp(as_of), index=open_states.index).astype("datetime64[us]")
+    signals = signals_of_states(
+        tables, open_states.assign(as_of=stamp), stages, signals=FACT_SIGNALS
     )
     extra = [c for c in signals.columns if c not in open_states.columns and c != "as_of"]
-    facts = open_states.merge(
-        signals[["deal_id", *extra]], on="deal_id", how="left", validate="one_to_one"
-    )
+    facts = pd.concat([open_states, signals[extra]], axis=1)
     return _derive(facts, stages, as_of)
 
 

@@ -24,11 +24,15 @@ loops over the rules. Thresholds come from ``stages.hygiene``; days are whole ca
 - ``required_fields_missing``: for the deal's stage, each required field in the config: a deals
   column (empty), ``stakeholder:<role>`` (none with that role added by ``as_of``),
   ``activity:<type>`` (none of that type by ``as_of``), ``custom:<name>`` (column
-  ``custom_<name>`` empty or absent; custom columns carry no history, so their exported value is
-  used). One flag per deal lists every missing field.
+  ``custom_<name>`` empty or absent). Custom columns carry no history, so they are checked
+  only from the deal row's ``observed_at`` on (or once the deal has closed). One flag per deal
+  lists every missing field.
 
-Tracked fields of deals-only imports are unknown before the export (see pointintime); rules that
-read them (close date, next step, tracked required fields) skip those deals.
+**Unknown is not missing.** A field the point-in-time rebuild cannot know at ``as_of``
+(:mod:`features.signals.pointintime`: a tracked field without dated history before the export, a
+custom column before the export, anything on a deals-only import before it) is never flagged:
+each rule reads the field's own ``<field>_known`` flag (``row_known`` for columns without
+history), so a close date that is known is checked even where the next step is not.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from features.data.stages import StageConfig
 from features.pipeline.facts import open_deal_facts
 from features.pipeline.scope import scoped_events, scoped_states
 from features.serialize import jsonable
+from features.signals.pointintime import STATIC_COLUMNS, known_column
 
 CLEANUP_WINDOW_DAYS = 14
 
@@ -104,6 +109,10 @@ def _iso(value: Any) -> str | None:
     return None if pd.isna(value) else pd.Timestamp(value).date().isoformat()
 
 
+def _opt_text(value: Any) -> str | None:
+    return None if pd.isna(value) else str(value)
+
+
 def _blank(values: pd.Series) -> pd.Series:
     """Missing, or text that is only whitespace."""
     text = values.astype("str").str.strip()
@@ -130,6 +139,10 @@ class RuleInput:
     @cached_property
     def _columns(self) -> dict[str, np.ndarray]:
         return {}
+
+    def known(self, field: str) -> np.ndarray:
+        """Whether a tracked field's value as of the date is known (``<field>_known``)."""
+        return self.col(known_column(field)).astype(bool)
 
     @cached_property
     def labels(self) -> dict[str, str]:
@@ -250,8 +263,7 @@ def stale_no_activity(x: RuleInput) -> Iterator[HygieneFlag]:
     ("expected_close_date", "days_overdue"),
 )
 def close_date_past(x: RuleInput) -> Iterator[HygieneFlag]:
-    # Unknown tracked fields (deals-only imports before the export) leave the date missing.
-    passed = x.col("close_date_passed") & x.col("history_known").astype(bool)
+    passed = x.col("close_date_passed") & x.known("expected_close_date")
     overdue = -x.col("days_to_expected_close")
     for i in np.flatnonzero(passed):
         close = _iso(x.col("expected_close_date")[i])
@@ -271,16 +283,15 @@ def close_date_past(x: RuleInput) -> Iterator[HygieneFlag]:
     ("next_step", "next_step_date"),
 )
 def no_next_step(x: RuleInput) -> Iterator[HygieneFlag]:
-    known = x.col("history_known").astype(bool)
-    no_step = x.col("next_step_defined") == 0  # NaN (unknown) is not "no step"
-    no_date = pd.isna(x.col("days_to_next_step"))
-    for i in np.flatnonzero((no_step | no_date) & known):
+    no_step = (x.col("next_step_defined") == 0) & x.known("next_step")  # NaN is not "no step"
+    no_date = pd.isna(x.col("days_to_next_step")) & x.known("next_step_date")
+    for i in np.flatnonzero(no_step | no_date):
         gaps = [n for n, m in (("next step", no_step[i]), ("next-step date", no_date[i])) if m]
         yield x.flag(
             i,
             Rule.NO_NEXT_STEP,
             f"no {' and no '.join(gaps)}: every deal needs both",
-            next_step=None if no_step[i] else str(x.col("next_step")[i]),
+            next_step=None if no_step[i] else _opt_text(x.col("next_step")[i]),
             next_step_date=_iso(x.col("next_step_date")[i]),
         )
 
@@ -362,14 +373,12 @@ def _required_missing(
     stk = scoped_events(tables.stakeholders, "added_at", as_of, ids)
     acts = scoped_events(tables.activities, "occurred_at", as_of, ids)
     deals_cur = tables.deals.set_index("deal_id")
-    known = open_deals["history_known"].to_numpy(dtype=bool)
     missing: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for stage in stages.open_stages:
         in_stage = (open_deals["stage"] == stage.key).to_numpy(dtype=bool, na_value=False)
         if not in_stage.any():
             continue
         sub = open_deals[in_stage]
-        sub_known = known[in_stage]
         for req in stage.required_fields:
             kind, _, name = req.field.partition(":")
             if kind == "stakeholder":
@@ -378,18 +387,32 @@ def _required_missing(
                 miss = ~sub["deal_id"].isin(acts.loc[acts["type"] == name, "deal_id"]).to_numpy()
             else:
                 col = f"custom_{name}" if kind == "custom" else req.field
-                if col in sub.columns:
-                    values = sub[col]
-                elif col in deals_cur.columns:
-                    values = deals_cur[col].reindex(sub["deal_id"])
-                else:
-                    values = pd.Series(np.nan, index=sub.index)
-                miss = _blank(values).to_numpy(dtype=bool)
-                if col in TRACKED_FIELDS:
-                    miss = miss & sub_known  # unknown before a deals-only export: not "missing"
+                miss = _blank(_column(sub, deals_cur, col)).to_numpy(dtype=bool)
+                miss = miss & _column_known(sub, col)  # unknown at as_of: not "missing"
             for d in sub["deal_id"].to_numpy()[miss]:
                 missing[str(d)].append((req.field, req.label))
     return missing
+
+
+def _column(deals: pd.DataFrame, deals_cur: pd.DataFrame, col: str) -> pd.Series:
+    """A deal column's values for ``deals`` (their states; the deal row for a column the states
+    lack); all missing when the export has no such column."""
+    if col in deals.columns:
+        return deals[col]
+    if col in deals_cur.columns:
+        return deals_cur[col].reindex(deals["deal_id"]).set_axis(deals.index)
+    return pd.Series(np.nan, index=deals.index)
+
+
+def _column_known(deals: pd.DataFrame, col: str) -> np.ndarray:
+    """Whether a required deal column can be known at the date: a tracked field by its
+    ``<field>_known``, a column fixed at creation always, any other column (custom columns,
+    or one the export lacks) only where the deal row's values hold (``row_known``)."""
+    if col in TRACKED_FIELDS:
+        return deals[known_column(col)].to_numpy(dtype=bool)
+    if col in STATIC_COLUMNS:
+        return np.ones(len(deals), dtype=bool)
+    return deals["row_known"].to_numpy(dtype=bool)
 
 
 # --- entry points ---------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """Pipeline metrics as of a date: the seed's metrics table, computed point-in-time.
 
 Every number is built from :func:`features.signals.pointintime.deal_states_as_of` (deals as they
-stood at ``as_of``) and from events stamped on or before ``as_of``; nothing known only later is
-read.
+stood at ``as_of``, by its one rule) and from events stamped on or before ``as_of``; nothing known
+only later is read. A value the rebuild cannot know at ``as_of`` (an amount or expected close date
+without dated history before the export) is unknown, never 0: every summed amount comes with the
+count of deals whose amount is unknown (``amount_unknown``, also counting amounts the export left
+empty), coverage counts the open deals whose expected close date is unknown (they may or may not
+close this quarter), and the weighted pipeline also counts unknown stages.
 
 Definitions (days are whole calendar days; "window" is the trailing ``window_days`` ending at
 ``as_of``, reported as first and last day in the output):
@@ -18,6 +22,11 @@ Definitions (days are whole calendar days; "window" is the trailing ``window_day
   ``as_of``.
 - velocity: mean created -> closed days (won or lost) of deals closed in the window, against the
   window before it.
+- deals entered in the CRM after they closed (``deals.entered_after_close``) count in won and
+  lost totals (won this quarter, win rate, deal size, loss reasons) and nowhere that measures an
+  open deal's path or the pipeline they never were: velocity, sales cycle, stage conversion (and
+  the funnel and historical forecast built on it), completed time in stage,
+  opportunity-to-customer, new pipeline added.
 - win rate: won / (won + lost) among deals closed in the window.
 - opportunity-to-customer: of the deals created in the window, the share won by ``as_of`` (deals
   still open count as not yet customers; their number is reported).
@@ -56,7 +65,14 @@ import numpy as np
 import pandas as pd
 
 from features.data.calendar import days_between, quarter_bounds, quarter_of
-from features.data.schema import ActivityType, CanonicalTables, Outcome, TargetScope
+from features.data.currency import corporate_currency
+from features.data.schema import (
+    ActivityType,
+    CanonicalTables,
+    Outcome,
+    TargetScope,
+    entered_after_close,
+)
 from features.data.stages import StageConfig
 from features.pipeline.facts import stage_limits, stage_time
 from features.pipeline.scope import scoped_events, scoped_states
@@ -76,6 +92,21 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
 
 
+def _amount(deals: pd.DataFrame) -> float:
+    """Summed amount of the deals whose amount is known (see :func:`_amount_unknown`)."""
+    return float(deals["amount"].sum())
+
+
+def _amount_unknown(deals: pd.DataFrame) -> int:
+    """Deals whose amount is not known at the date (or was empty in the export): a sum adds
+    nothing for them, so every sum states how many."""
+    return int(deals["amount"].isna().sum())
+
+
+def _count_value(deals: pd.DataFrame) -> CountValue:
+    return CountValue(len(deals), _amount(deals), _amount_unknown(deals))
+
+
 # --- result types ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Window:
@@ -88,8 +119,11 @@ class Window:
 
 @dataclass(frozen=True)
 class CountValue:
+    """Deals and their summed amount; ``amount_unknown`` of them add nothing to ``value``."""
+
     count: int
     value: float
+    amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +138,9 @@ class Coverage:
     won_this_quarter: float
     remaining_target: float | None
     ratio_to_remaining: float | None
+    closing_amount_unknown: int  # closing deals whose amount is unknown (not in the ratio)
+    close_date_unknown: int  # open deals whose expected close date is unknown (not counted)
+    won_amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -114,6 +151,7 @@ class Weighted:
     band: str
     target_range: tuple[float, float]
     unknown_stage_count: int
+    unknown_amount_count: int
 
 
 @dataclass(frozen=True)
@@ -153,7 +191,8 @@ class DealSize:
     window: Window
     won_count: int
     won_value: float
-    average: float | None
+    average: float | None  # over the won deals whose amount is known
+    amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -196,6 +235,7 @@ class LossReasonCount:
     count: int
     value: float
     share: float
+    amount_unknown: int
 
 
 @dataclass(frozen=True)
@@ -204,6 +244,7 @@ class FunnelStage:
     label: str
     open_count: int
     open_value: float
+    amount_unknown: int
     conversion_rate: float | None
     p_win_from_stage: float | None
     expected_reaching: float | None
@@ -225,6 +266,7 @@ class HistoricalForecast:
     quarter: str
     pipeline_count: int
     pipeline_value: float
+    amount_unknown: int
     conversion_rate: float | None
     window: Window
     forecast: float | None
@@ -245,6 +287,7 @@ class PipelineMetrics:
     quarter: str
     team: str | None
     owner: str | None
+    currency: str | None  # the corporate currency of every amount (None: one unnamed currency)
     open_pipeline: CountValue
     closing_this_quarter: CountValue
     coverage: Coverage
@@ -349,19 +392,31 @@ class MetricsInput:
         return _target(self.tables.targets, self.quarter, self.team, self.owner)
 
     @cached_property
-    def won_this_quarter(self) -> float:
+    def won_this_quarter_deals(self) -> pd.DataFrame:
         s = self.states
-        won = s[(s["outcome"] == Outcome.WON.value) & (s["closed_at"] >= self.quarter_bounds[0])]
-        return float(won["amount"].sum())
+        return s[(s["outcome"] == Outcome.WON.value) & (s["closed_at"] >= self.quarter_bounds[0])]
+
+    @cached_property
+    def won_this_quarter(self) -> float:
+        return _amount(self.won_this_quarter_deals)
 
     @cached_property
     def closed(self) -> pd.DataFrame:
         return self.states[~self.states["is_open"]]
 
     @cached_property
+    def worked(self) -> pd.DataFrame:
+        """The deals that were open in the CRM: not entered after they closed."""
+        return self.states[~entered_after_close(self.tables.deals, self.states["deal_id"])]
+
+    @cached_property
+    def worked_closed(self) -> pd.DataFrame:
+        return self.worked[~self.worked["is_open"]]
+
+    @cached_property
     def cycle_days(self) -> pd.Series:
-        """Created -> closed days of the closed deals."""
-        return _days(self.closed["closed_at"], self.closed["created_at"])
+        """Created -> closed days of the closed deals that were open in the CRM."""
+        return _days(self.worked_closed["closed_at"], self.worked_closed["created_at"])
 
     @cached_property
     def closed_in_window(self) -> pd.DataFrame:
@@ -374,11 +429,11 @@ class MetricsInput:
 
     @cached_property
     def reach(self) -> pd.DataFrame:
-        return stage_reach(self.tables, self.states, self.stages, self.as_of)
+        return stage_reach(self.tables, self.worked, self.stages, self.as_of)
 
     @cached_property
     def conversion(self) -> list[StageConversion]:
-        return _conversion(self.reach, self.states, self.stages)
+        return _conversion(self.reach, self.worked, self.stages)
 
 
 # --- registry -------------------------------------------------------------------------------------
@@ -513,7 +568,7 @@ def _funnel(
     flow: float | None = 0.0
     for i, s in enumerate(stages.open_stages):
         here = open_deals[open_deals["stage"] == s.key]
-        n, value = len(here), float(here["amount"].sum())
+        n, value = len(here), _amount(here)
         p_win: float | None = 1.0
         for r in rates[i:]:
             p_win = None if (r is None or p_win is None) else p_win * r
@@ -530,6 +585,7 @@ def _funnel(
                 label=s.label,
                 open_count=n,
                 open_value=value,
+                amount_unknown=_amount_unknown(here),
                 conversion_rate=rates[i],
                 p_win_from_stage=p_win,
                 expected_reaching=flow,
@@ -559,7 +615,7 @@ def _funnel_totals(rows: list[FunnelStage]) -> tuple[float | None, float | None,
 def _completed_stays(x: MetricsInput) -> pd.DataFrame:
     """Stage stays (stage, days) that ended in the window: an entry followed by the next stage
     change, or by the close."""
-    states = x.states
+    states = x.worked
     sh = scoped_events(x.tables.stage_history, "entered_at", x.as_of, states["deal_id"])
     sh = sh.sort_values(["deal_id", "entered_at"], kind="stable")
     nxt = sh.groupby("deal_id")[["entered_at", "derived", "stage"]].shift(-1)
@@ -575,18 +631,18 @@ def _completed_stays(x: MetricsInput) -> pd.DataFrame:
 # --- the metrics, in PipelineMetrics field order --------------------------------------------------
 @metric("open_pipeline")
 def open_pipeline(x: MetricsInput) -> CountValue:
-    return CountValue(len(x.open_deals), float(x.open_deals["amount"].sum()))
+    return _count_value(x.open_deals)
 
 
 @metric("closing_this_quarter")
 def closing_this_quarter(x: MetricsInput) -> CountValue:
-    return CountValue(len(x.closing), float(x.closing["amount"].sum()))
+    return _count_value(x.closing)
 
 
 @metric("coverage")
 def coverage(x: MetricsInput) -> Coverage:
     target, scope = x.target
-    closing = float(x.closing["amount"].sum())
+    closing = _amount(x.closing)
     ratio = _ratio(closing, target) if target else None
     remaining = None if target is None else max(target - x.won_this_quarter, 0.0)
     healthy = x.stages.hygiene.coverage_healthy
@@ -601,6 +657,9 @@ def coverage(x: MetricsInput) -> Coverage:
         won_this_quarter=x.won_this_quarter,
         remaining_target=remaining,
         ratio_to_remaining=_ratio(closing, remaining) if remaining else None,
+        closing_amount_unknown=_amount_unknown(x.closing),
+        close_date_unknown=int(x.open_deals["expected_close_date"].isna().sum()),
+        won_amount_unknown=_amount_unknown(x.won_this_quarter_deals),
     )
 
 
@@ -616,18 +675,18 @@ def weighted(x: MetricsInput) -> Weighted:
         band=_weighted_band(ratio),
         target_range=WEIGHTED_TARGET_RANGE,
         unknown_stage_count=int((~x.open_deals["stage_known"].astype(bool)).sum()),
+        unknown_amount_count=_amount_unknown(x.open_deals),
     )
 
 
 @metric("new_pipeline")
 def new_pipeline(x: MetricsInput) -> CountValue:
-    created = x.states[x.states["created_at"] >= x.quarter_bounds[0]]
-    return CountValue(len(created), float(created["amount"].sum()))
+    return _count_value(x.worked[x.worked["created_at"] >= x.quarter_bounds[0]])
 
 
 @metric("velocity")
 def velocity(x: MetricsInput) -> Velocity:
-    closed_at = x.closed["closed_at"]
+    closed_at = x.worked_closed["closed_at"]
     in_win, in_prev = _in(closed_at, x.window), _in(closed_at, x.previous_window)
     mean_now, mean_prev = _stats(x.cycle_days[in_win])[1], _stats(x.cycle_days[in_prev])[1]
     change = None if mean_now is None or mean_prev is None else mean_now - mean_prev
@@ -657,7 +716,7 @@ def win_rate(x: MetricsInput) -> Rate:
 
 @metric("opportunity_to_customer")
 def opportunity_to_customer(x: MetricsInput) -> Rate:
-    cohort = x.states[_in(x.states["created_at"], x.window)]
+    cohort = x.worked[_in(x.worked["created_at"], x.window)]
     n_won = int((cohort["outcome"] == Outcome.WON.value).sum())
     return Rate(
         n_won,
@@ -681,13 +740,14 @@ def lead_to_opportunity(x: MetricsInput) -> Unavailable:
 @metric("average_deal_size")
 def average_deal_size(x: MetricsInput) -> DealSize:
     won = x.won_in_window
-    value = float(won["amount"].sum())
-    return DealSize(x.window_info, len(won), value, _ratio(value, len(won)))
+    value, unknown = _amount(won), _amount_unknown(won)
+    return DealSize(x.window_info, len(won), value, _ratio(value, len(won) - unknown), unknown)
 
 
 @metric("sales_cycle")
 def sales_cycle(x: MetricsInput) -> CycleLength:
-    days = x.cycle_days.reindex(x.won_in_window.index)
+    won = x.won_in_window
+    days = x.cycle_days.reindex(won.index[won.index.isin(x.cycle_days.index)])
     median, mean = _stats(days)
     return CycleLength(x.window_info, len(days), median, mean)
 
@@ -748,13 +808,20 @@ def loss_reasons(x: MetricsInput) -> list[LossReasonCount]:
         {"reason": reasons.fillna("unknown").to_numpy(), "amount": lost["amount"].to_numpy()}
     )
     grouped = (
-        frame.groupby("reason")["amount"]
-        .agg(["count", "sum"])
+        frame.assign(unknown=frame["amount"].isna())
+        .groupby("reason")
+        .agg(count=("unknown", "size"), sum=("amount", "sum"), unknown=("unknown", "sum"))
         .sort_values(["count", "sum"], ascending=False)
     )
     total = len(frame)
     return [
-        LossReasonCount(str(r), int(row["count"]), float(row["sum"]), int(row["count"]) / total)
+        LossReasonCount(
+            str(r),
+            int(row["count"]),
+            float(row["sum"]),
+            int(row["count"]) / total,
+            int(row["unknown"]),
+        )
         for r, row in grouped.iterrows()
     ]
 
@@ -771,7 +838,7 @@ def historical_forecast(x: MetricsInput) -> HistoricalForecast:
     start = opens[1] if len(opens) > 1 else opens[0]
     order = {s.key: s.order for s in opens}
     pipe = x.closing[x.closing["stage"].astype(object).map(order).fillna(0) >= start.order]
-    value = float(pipe["amount"].sum())
+    value = _amount(pipe)
     closed = x.closed_in_window
     max_order = x.reach["_max_order"].reindex(closed["deal_id"]).fillna(0).to_numpy()
     hist = closed[max_order >= start.order]
@@ -785,7 +852,15 @@ def historical_forecast(x: MetricsInput) -> HistoricalForecast:
         f"historical conversion {rate_txt} -> {fc_txt}"
     )
     return HistoricalForecast(
-        start.key, x.quarter, len(pipe), value, rate, x.window_info, forecast, text
+        start.key,
+        x.quarter,
+        len(pipe),
+        value,
+        _amount_unknown(pipe),
+        rate,
+        x.window_info,
+        forecast,
+        text,
     )
 
 
@@ -808,5 +883,6 @@ def compute_metrics(
         quarter=x.quarter,
         team=team,
         owner=owner,
+        currency=corporate_currency(tables.exchange_rates),
         **{name: fn(x) for name, fn in METRICS.items()},
     )

@@ -200,6 +200,20 @@ def _coverage(ax: Axes, m: PipelineMetrics) -> None:
             fontsize=8,
             color=_MUTED,
         )
+    unknown = _unknown_note(m)
+    if unknown:
+        ax.text(0.98, 0.10, unknown, transform=ax.transAxes, ha="right", fontsize=8, color=_MUTED)
+
+
+def _unknown_note(m: PipelineMetrics) -> str:
+    """What the coverage bars could not count: deals whose amount or close date is unknown."""
+    cov = m.coverage
+    parts = []
+    if cov.closing_amount_unknown:
+        parts.append(f"{cov.closing_amount_unknown} closing deals with unknown amount")
+    if cov.close_date_unknown:
+        parts.append(f"{cov.close_date_unknown} open deals with unknown close date")
+    return "not counted: " + ", ".join(parts) if parts else ""
 
 
 def pipeline_figure(metrics: PipelineMetrics, stages: StageConfig) -> Figure:

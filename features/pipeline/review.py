@@ -1,10 +1,12 @@
 """The weekly pipeline review pack: the seed's "every deal above a threshold" meeting, as of a date.
 
 For each open deal at or above ``min_amount`` (default ``stages.hygiene.review_min_amount``; a
-deal of exactly the threshold is in): its status, what changed in the last week (stage and
-tracked-field changes stamped in ``(as_of - 7 days, as_of]``, one net change per field: first old
-value -> last new value, fields that ended where they started left out), next step, last week's
-activities, hygiene flags, and rule-based risk notes. Models replace the notes in a later issue;
+deal of exactly the threshold is in; deals whose amount is unknown at ``as_of`` cannot be
+compared and are counted in ``amount_unknown``): its status, what changed in the last week
+(stage and tracked-field changes stamped in ``(as_of - 7 days, as_of]``, one net change per
+field: first old value -> last new value, fields that ended where they started left out, a
+deal's creation not a change), next step, last week's activities, hygiene flags, and rule-based
+risk notes. Models replace the notes in a later issue;
 these rules are the seed's red flags made explicit (:data:`RISK_NOTES`, one small function each).
 
 Every fact about a deal (idle days, close-date pushes, contacts, decision maker, days in stage and
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal, get_args
 
+import numpy as np
 import pandas as pd
 
+from features.data.calendar import days_between
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
 from features.errors import InputError
@@ -31,6 +35,7 @@ from features.pipeline.facts import open_deal_facts
 from features.pipeline.hygiene import HygieneFlag, flags_for_facts
 from features.pipeline.scope import scoped_events, scoped_states
 from features.serialize import jsonable
+from features.signals.pointintime import states_a_value
 
 REVIEW_DAYS = 7
 # Risk-note thresholds: below the hygiene rules on purpose, so the review sees trouble coming.
@@ -91,6 +96,8 @@ class ReviewPack:
     sort_by: str
     deal_count: int
     total_value: float
+    # open deals in scope whose amount is unknown at as_of: not compared with the threshold
+    amount_unknown: int
     deals: list[ReviewDeal] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +121,7 @@ def _week_changes(
     """Net stage and tracked-field changes stamped in ``(start, as_of]``, per deal.
 
     Ordered by last change, oldest first; a field whose last new value equals its first old value
-    is left out.
+    is left out, and so is a deal's creation (:func:`_creations`).
     """
     sh = scoped_events(tables.stage_history, "entered_at", as_of, ids)
     sh = sh.sort_values(["deal_id", "entered_at"], kind="stable")
@@ -141,7 +148,8 @@ def _week_changes(
             "new": fh["new_value"],
         }
     )
-    rows = pd.concat([stage_rows, field_rows], ignore_index=True).sort_values(
+    rows = pd.concat([stage_rows, field_rows], ignore_index=True)
+    rows = rows[~_creations(rows, tables.deals)].sort_values(
         ["deal_id", "field", "at"], kind="stable"
     )
     stamps = list(pd.to_datetime(rows["at"]).dt.to_pydatetime())
@@ -162,6 +170,17 @@ def _week_changes(
     for summaries in out.values():
         summaries.sort(key=lambda c: (c.last_at, c.field))
     return out
+
+
+def _creations(rows: pd.DataFrame, deals: pd.DataFrame) -> np.ndarray:
+    """Rows that state a deal's values at its creation rather than change them: no old value
+    (:func:`~features.signals.pointintime.states_a_value`; a stage row without an earlier one),
+    stamped on the deal's creation day. A snapshot history starts with such rows; a field first
+    filled in later is a change the review shows."""
+    created = deals.set_index("deal_id")["created_at"].reindex(rows["deal_id"])
+    on_creation_day = days_between(rows["at"], pd.Series(created.to_numpy())).to_numpy() <= 0
+    stated = states_a_value(rows.rename(columns={"old": "old_value"}))
+    return stated & on_creation_day
 
 
 # --- risk notes: the seed's red flags, most telling first ----------------------------------------
@@ -330,5 +349,6 @@ def review_pack(
         sort_by=sort_by,
         deal_count=len(out),
         total_value=float(facts["amount"].sum()),
+        amount_unknown=int(states["amount"].isna().sum()),
         deals=out,
     )

@@ -21,6 +21,7 @@ import pandas as pd
 from features.data.schema import CanonicalTables, TargetScope
 from features.data.stages import StageConfig
 from features.errors import NotFoundError
+from features.signals.events import codes
 from features.signals.pointintime import deal_states_as_of, events_as_of
 
 # Known names listed in the error message; a store may hold hundreds of reps.
@@ -77,6 +78,6 @@ def scoped_events(
 ) -> pd.DataFrame:
     """Events stamped on or before ``as_of`` of the deals in scope."""
     ev = events_as_of(events, column, as_of)
-    # Hash lookup: Series.isin on arrow strings walks the values in Python.
-    known = pd.Index(deal_ids).get_indexer(pd.Index(ev["deal_id"])) >= 0
+    # Arrow's own lookup (events.codes): Index.get_indexer on Arrow strings is ~10x slower.
+    known = codes(ev["deal_id"], pd.Index(pd.Series(deal_ids).unique())) >= 0
     return ev[known]

@@ -15,7 +15,7 @@ from features.signals.events import (
     nan_where,
     parse_number,
 )
-from features.signals.pointintime import tracked_since
+from features.signals.pointintime import states_a_value, tracked_since
 from features.signals.registry import SignalKind, node, signal
 
 
@@ -85,20 +85,25 @@ def amount_index(amount_changes: pd.DataFrame, deal_index: pd.Index) -> EventInd
     return EventIndex(codes(amount_changes["deal_id"], deal_index), amount_changes["changed_at"])
 
 
-@signal("times the amount was changed", needs_history=True)
+@signal("times the amount was changed from one amount to another", needs_history=True)
 def amount_change_count(
+    amount_changes: pd.DataFrame,
     amount_index: EventIndex,
     deal_code: np.ndarray,
     as_of: pd.Series,
     amount_changes_known: np.ndarray,
 ) -> pd.Series:
-    n = amount_index.end(deal_code, as_of) - amount_index.start(deal_code)
+    """A row without an old value states an amount (the creation row of a snapshot history, a
+    first amount): it changes none, and :func:`amount_change_since_creation` reads it as the
+    creation amount."""
+    changed = ~states_a_value(amount_changes)
+    n = amount_index.total(changed, deal_code, as_of)
     return nan_where(n, ~amount_changes_known)
 
 
 @signal("relative change of the amount since creation (0.1 = 10% up)", needs_history=True)
 def amount_change_since_creation(
-    amount: pd.Series,
+    amount_original: pd.Series,
     amount_changes: pd.DataFrame,
     amount_index: EventIndex,
     deal_code: np.ndarray,
@@ -106,14 +111,16 @@ def amount_change_since_creation(
     amount_changes_known: np.ndarray,
 ) -> pd.Series:
     """The creation amount is the old value of the first change, if one happened by as_of;
-    otherwise the amount never changed and the current (as-of) amount is the creation amount."""
+    otherwise the amount never changed and the current (as-of) amount is the creation amount.
+    Both in the deal's own currency (the history's): a change of exchange rate is no change of
+    the deal."""
     idx = amount_index
     start, end = idx.start(deal_code), idx.end(deal_code, as_of)
     old = parse_number(amount_changes["old_value"])
     new = parse_number(amount_changes["new_value"])
     # A change that sets a first amount (old missing) states the creation amount itself.
     first_values = np.append(np.where(np.isnan(old), new, old)[idx.rows], np.nan)
-    now = amount.astype("float64").to_numpy()
+    now = amount_original.astype("float64").to_numpy()
     first = np.where(end > start, first_values[np.minimum(start, len(idx))], now)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(first > 0, now / first - 1.0, np.nan)

@@ -20,6 +20,7 @@ from serving.cli.common import (
     open_context,
     parse_day,
     parse_time,
+    settings,
 )
 
 
@@ -107,16 +108,34 @@ def load(
             "--problems-out", help="write every problem (file, row, line, column, message) here"
         ),
     ] = None,
+    currency: Annotated[
+        str | None,
+        typer.Option(
+            "--currency",
+            help="the corporate currency every amount is reported in (ISO code, e.g. USD), when "
+            "the export does not name it [default: $PIPECAST_CURRENCY]",
+            show_default=False,
+        ),
+    ] = None,
+    rates: Annotated[
+        Path | None,
+        typer.Option(
+            "--rates",
+            help="exchange rates CSV: columns currency, rate (units per 1 of the corporate "
+            "currency) and optionally valid_from (a dated rate)",
+        ),
+    ] = None,
 ) -> None:
     """Import CSV/Parquet tables into the DuckDB store: all of it, or nothing.
 
     The store stays readable while it loads; a second load waits for the first (up to
     PIPECAST_LOCK_TIMEOUT seconds), then says the store is busy.
     """
-    from features.data.importer import ImportValidationError, write_problems_csv
+    from features.data.importer import ImportValidationError, check_currency, write_problems_csv
     from features.data.loading import load_export
     from features.data.mapping import load_mapping
 
+    check_currency(currency, "--currency")
     config = load_stages(stages)
     spec = load_mapping(mapping) if mapping else None
     when = parse_time(exported_at, "--exported-at").to_pydatetime() if exported_at else None
@@ -130,6 +149,9 @@ def load(
             exported_at=when,
             strict=strict,
             encoding=encoding,
+            currency=currency,
+            default_currency=settings().currency,
+            rates=rates,
         )
     except ImportValidationError as err:
         if problems_out is not None:
@@ -162,10 +184,14 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
     """Deals by stage and the open pipeline value."""
     from rich.table import Table
 
+    from features.data.currency import corporate_currency, current_amounts
     from features.pipeline.summary import summarize
 
     ctx = open_context(db, stages)
-    result = summarize(ctx.tables.deals, ctx.stages)
+    deals = ctx.tables.deals  # amounts in the corporate currency, as the other reports show them
+    result = summarize(
+        deals.assign(amount=current_amounts(deals, ctx.tables.exchange_rates)), ctx.stages
+    )
     out = console()
     if result.deals == 0:
         out.print(f"{db_path(db)}: the store holds no deals yet")
@@ -179,14 +205,18 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
     note = ""
     if missing and result.open_value is not None:
         note = f" ({missing:,} open deal{'s' if missing != 1 else ''} without an amount)"
+    code = corporate_currency(ctx.tables.exchange_rates)
+    unit = f" {code}" if code and result.open_value is not None else ""
     out.print(
         f"open pipeline as of {when}: {result.open_deals:,} deals, "
-        f"{_money(result.open_value)} total value{note}"
+        f"{_money(result.open_value)}{unit} total value{note}"
     )
 
 
 def _register_commands() -> None:
     from serving.cli import audit as cli_audit
+    from serving.cli import mapping as cli_mapping
+    from serving.cli import models as cli_models
     from serving.cli import pipeline as cli_pipeline
     from serving.cli import server as cli_server
     from serving.cli import signals as cli_signals
@@ -195,6 +225,8 @@ def _register_commands() -> None:
     cli_pipeline.register(app)
     cli_server.register(app)
     cli_audit.register(app)
+    cli_mapping.register(app)
+    cli_models.register(app)
 
 
 _register_commands()

@@ -32,6 +32,15 @@ def _num(value: float | None, fmt: str = ".0f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _unknown(count: int, what: str = "amount") -> str:
+    """The note beside a sum: how many deals it could not add (their value is unknown)."""
+    return f"{count} with unknown {what}" if count else ""
+
+
+def _notes(*notes: str) -> str:
+    return ", ".join(n for n in notes if n)
+
+
 def _net_change(c: Any) -> str:
     """One line per field: last change date, net change (stage path if it moved more than once)."""
     moves = " -> ".join(str(v) for v in c.path) if c.path else f"{c.old} -> {c.new}"
@@ -43,19 +52,33 @@ def _print_metrics(m: Any) -> None:
     """Render a PipelineMetrics as a handful of tables."""
     out = console()
     scope = m.owner or m.team or "company"
-    head = Table("metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}")
+    unit = f", amounts in {m.currency}" if m.currency else ""
+    head = Table(
+        "metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}{unit}"
+    )
     cov, w = m.coverage, m.weighted
     rows = [
-        ("open pipeline", f"{_money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)", ""),
+        (
+            "open pipeline",
+            f"{_money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)",
+            _unknown(m.open_pipeline.amount_unknown),
+        ),
         (
             f"closing {m.quarter}",
             f"{_money(m.closing_this_quarter.value)} ({m.closing_this_quarter.count} deals)",
-            "",
+            _notes(
+                _unknown(m.closing_this_quarter.amount_unknown),
+                _unknown(cov.close_date_unknown, "close date (open, not counted)"),
+            ),
         ),
         ("target", _money(cov.target), cov.target_scope or ""),
         ("coverage", f"{_num(cov.ratio, '.2f')}x", cov.band),
-        ("won this quarter", _money(cov.won_this_quarter), ""),
-        ("weighted pipeline (all open)", _money(w.all_open), f"{w.unknown_stage_count} unknown"),
+        ("won this quarter", _money(cov.won_this_quarter), _unknown(cov.won_amount_unknown)),
+        (
+            "weighted pipeline (all open)",
+            _money(w.all_open),
+            _notes(f"{w.unknown_stage_count} with unknown stage", _unknown(w.unknown_amount_count)),
+        ),
         (
             f"weighted closing {m.quarter}",
             _money(w.closing_this_quarter),
@@ -64,7 +87,7 @@ def _print_metrics(m: Any) -> None:
         (
             "new pipeline this quarter",
             f"{_money(m.new_pipeline.value)} ({m.new_pipeline.count} deals)",
-            "",
+            _unknown(m.new_pipeline.amount_unknown),
         ),
         (
             "velocity (created -> closed)",
@@ -86,7 +109,10 @@ def _print_metrics(m: Any) -> None:
         (
             "average deal size",
             _money(m.average_deal_size.average),
-            f"{m.average_deal_size.won_count} won",
+            _notes(
+                f"{m.average_deal_size.won_count} won",
+                _unknown(m.average_deal_size.amount_unknown),
+            ),
         ),
         (
             "sales cycle (won)",
@@ -279,7 +305,13 @@ def review(
             ", ".join(f.rule.value for f in d.flags) or "-",
             d.risk_note or "-",
         )
-    console(width=200).print(table)
+    out = console(width=200)
+    out.print(table)
+    if pack.amount_unknown:
+        out.print(
+            f"{pack.amount_unknown} open deals with an unknown amount as of {when:%Y-%m-%d} "
+            "could not be compared with the threshold"
+        )
 
 
 def register(app: typer.Typer) -> None:

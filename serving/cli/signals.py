@@ -92,10 +92,13 @@ def signals(
     """Point-in-time signals of the open deals as of a date (what a model saw then)."""
     from rich.table import Table
 
+    from features.pipeline.scope import check_scope
     from features.signals import SIGNALS, compute_signals
 
     when = parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
+    # An owner nobody carries is a typo, not a rep without deals: as in metrics/hygiene/review.
+    check_scope(ctx.tables, team=None, owner=owner)
     frame = compute_signals(
         ctx.tables,
         [when],

@@ -10,7 +10,10 @@ ignored). With a mapping (``features.data.mapping``) any file names and columns 
 - ``read``: each file is found, decoded and parsed (``read``), and converted to canonical
   columns and values (``convert``; snapshot tables in ``snapshots``);
 - checks of whole tables and of references between them (``checks``);
-- what the deal rows prove (``derive``: outcome, export time, deals-only stage history);
+- lookups of ids in other files of the export (``lookups``: owner names, teams);
+- currencies: the corporate one, each deal's, and a rate for each (``currencies``);
+- what the deal rows prove (``derive``: outcome, export time, closes after it, deals entered
+  after they closed, deals-only stage history);
 - notes on what is possible but suspicious (``suspicious``);
 - canonical shape and the schema contract (``finish``).
 
@@ -30,10 +33,13 @@ import pandas as pd
 
 from features.data.importer.checks import HISTORY_TABLES, check_history, check_table
 from features.data.importer.convert import REQUIRED, convert
+from features.data.importer.currencies import check_rates, currencies
 from features.data.importer.derive import (
     check_deal_times,
+    close_after_export,
     derive_outcome,
     derive_stage_history,
+    flag_entered_after_close,
     set_observed_at,
 )
 from features.data.importer.finish import finish
@@ -55,7 +61,7 @@ from features.data.importer.suspicious import (
     note_unsafe_text,
 )
 from features.data.importer.values import MAX_AMOUNT, YEAR_RANGE
-from features.data.mapping import Conversions, Mapping, known_encoding
+from features.data.mapping import Conversions, Mapping, currency_code, known_encoding
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig, load_stage_config
 from features.errors import InputError
@@ -69,6 +75,7 @@ __all__ = [
     "ImportResult",
     "ImportValidationError",
     "ProblemGroup",
+    "check_currency",
     "check_encoding",
     "group_problems",
     "read_export",
@@ -113,6 +120,10 @@ def read_export(
     known_deal_ids: Iterable[str] = frozenset(),
     strict: bool = False,
     encoding: str | None = None,
+    currency: str | None = None,
+    default_currency: str | None = None,
+    rates: str | Path | None = None,
+    known_rates: pd.DataFrame | None = None,
 ) -> ImportResult:
     """Read and validate an export directory; raise ``ImportValidationError`` listing all problems.
 
@@ -120,6 +131,9 @@ def read_export(
     ``strict`` refuses unmapped values of descriptive categories instead of storing ``other``.
     ``encoding`` names the text encoding of every CSV file, over the mapping's (``InputError``
     if Python does not know it); without one, see ``features.data.importer.read``.
+    ``currency`` names the corporate currency (``default_currency`` is used when nothing
+    names one), ``rates`` a CSV or Parquet file of exchange rates in canonical columns, and
+    ``known_rates`` the store's rates (see ``features.data.importer.currencies``).
     """
     root = Path(path)
     check_encoding(encoding)
@@ -131,12 +145,18 @@ def read_export(
             encoding=encoding,
             exported_at=exported_at,
             known_deal_ids=frozenset(known_deal_ids),
-        )
+            currency=check_currency(currency, "--currency"),
+            default_currency=check_currency(default_currency, "PIPECAST_CURRENCY"),
+            rates_file=None if rates is None else Path(rates),
+            known_rates=known_rates,
+        ),
+        root=root,
     )
     if not root.is_dir():
         raise ImportValidationError([ImportProblem(str(root), None, None, "not a directory")])
     frames: Frames = {}
     read_tables(run, root, frames)
+    read_rates_file(run, frames)
     if "deals" not in frames:
         raise ImportValidationError(run.problems)
     for phase in PHASES:
@@ -146,6 +166,14 @@ def read_export(
     tables = finish(run, frames)
     provided = {t: frozenset(run.provided.get(t, ())) for t in CanonicalTables.TABLES}
     return ImportResult(tables=tables, notes=run.notes, provided=provided)
+
+
+def check_currency(code: str | None, option: str) -> str | None:
+    """An ISO 4217 code in upper case, or ``InputError`` naming the option."""
+    try:
+        return currency_code(code)
+    except ValueError as err:
+        raise InputError(f"{option}: {err}") from None
 
 
 def check_encoding(encoding: str | None) -> None:
@@ -163,6 +191,22 @@ def read_tables(run: ImportRun, root: Path, frames: Frames) -> None:
         parts = _canonical(run, root, table) if run.mapping is None else _mapped(run, root, table)
         if parts:
             frames[table] = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def read_rates_file(run: ImportRun, frames: Frames) -> None:
+    """``--rates FILE``: exchange rates in canonical columns, added to the export's."""
+    path = run.options.rates_file
+    if path is None:
+        return
+    if not path.is_file():
+        run.problem(str(path), "--rates: no such file")
+        return
+    raw = read_file(run, path, run.options.encoding)
+    if raw is None:
+        return
+    part = convert(run, "exchange_rates", raw, Conversions(), mapped=False)
+    have = frames.get("exchange_rates")
+    frames["exchange_rates"] = part if have is None else pd.concat([have, part], ignore_index=True)
 
 
 def _canonical(run: ImportRun, root: Path, table: str) -> list[pd.DataFrame]:
@@ -244,6 +288,7 @@ def check_targets(run: ImportRun, frames: Frames) -> None:
 
 def export_time(run: ImportRun, frames: Frames) -> None:
     set_observed_at(run, frames, run.options.exported_at)
+    close_after_export(run, frames)
 
 
 def deal_times(run: ImportRun, frames: Frames) -> None:
@@ -261,8 +306,11 @@ PHASES: tuple[Phase, ...] = (
     check_stage_targets,
     check_histories,
     check_targets,
+    check_rates,
+    currencies,
     export_time,
     deal_times,
+    flag_entered_after_close,
     note_after_export,
     note_activities_before_creation,
     note_unsafe_text,

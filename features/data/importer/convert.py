@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features.data.importer.lookups import look_up
 from features.data.importer.problems import printable
 from features.data.importer.read import RawFile
 from features.data.importer.run import BOOKKEEPING, ROW, SRC, ImportRun, SourceFile
 from features.data.importer.values import (
+    YEAR_RANGE,
     as_text_series,
     clean_text,
     map_category,
@@ -25,10 +27,17 @@ from features.data.importer.values import (
     normalise_field_values,
     parse_amount,
     parse_bool,
+    parse_currency,
     parse_times,
 )
 from features.data.mapping import ColumnRef, Conversions, as_text, fold
-from features.data.schema import CUSTOM_PREFIX, TIMESTAMP_COLUMNS, TRACKED_FIELDS, columns
+from features.data.schema import (
+    CUSTOM_PREFIX,
+    IMPORT_ONLY_COLUMNS,
+    TIMESTAMP_COLUMNS,
+    TRACKED_FIELDS,
+    columns,
+)
 
 # Columns that must be present (and non-empty) in a source; the rest may be missing.
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -38,9 +47,13 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "activities": ("activity_id", "deal_id", "type", "occurred_at"),
     "stakeholders": ("deal_id", "contact_id", "role", "added_at"),
     "targets": ("scope", "scope_id", "quarter", "amount"),
+    "exchange_rates": ("currency", "rate"),
 }
-FLOAT_COLUMNS = {("deals", "amount"), ("targets", "amount")}
-BOOL_COLUMNS = {("stage_history", "derived")}
+FLOAT_COLUMNS = {("deals", "amount"), ("targets", "amount"), ("exchange_rates", "rate")}
+BOOL_COLUMNS = {("stage_history", "derived"), ("exchange_rates", "is_corporate")}
+CURRENCY_COLUMNS = {("deals", "currency"), ("exchange_rates", "currency")}
+# Salesforce's first dated rate of a currency starts on 0001-01-01: "since always".
+SINCE_ALWAYS = f"{YEAR_RANGE[0]}-01-01"
 
 
 @dataclass
@@ -107,7 +120,8 @@ def convert(
 def resolve_columns(step: Conversion, wanted: list[str] | None = None) -> None:
     """Each canonical column -> a file column, a constant, or nothing (noted or a problem)."""
     run, table, conv = step.run, step.table, step.conv
-    for col in wanted if wanted is not None else columns(table):
+    every = [*columns(table), *IMPORT_ONLY_COLUMNS.get(table, {})]
+    for col in wanted if wanted is not None else every:
         if col in conv.constants:
             step.source.origin[col] = f"{col} (constant in mapping)"
             continue
@@ -205,8 +219,12 @@ def parse_columns(step: Conversion, out: pd.DataFrame) -> pd.DataFrame:
     run, table, conv = step.run, step.table, step.conv
     tz = run.mapping.timezone if run.mapping else "UTC"
     for col in [c for c in out.columns if c not in BOOKKEEPING]:
-        if col in TIMESTAMP_COLUMNS[table]:
+        if (table, col) == ("exchange_rates", "valid_from"):
+            out[col] = since_always(out[col])
+        if col in TIMESTAMP_COLUMNS[table] or col in IMPORT_ONLY_COLUMNS.get(table, {}):
             out[col] = parse_times(run, table, out, col, conv.dates.get(col), tz)
+        elif (table, col) in CURRENCY_COLUMNS:
+            out[col] = parse_currency(run, table, out, col)
         elif (table, col) in FLOAT_COLUMNS:
             out[col] = parse_amount(run, table, out, col)
         elif (table, col) in BOOL_COLUMNS:
@@ -219,6 +237,25 @@ def parse_columns(step: Conversion, out: pd.DataFrame) -> pd.DataFrame:
             out[col] = map_category(run, table, col, out, conv.values.get(col, {}))
         elif out[col].dtype == "str" or out[col].dtype == object:
             out[col] = clean_text(out[col])  # a custom column of text
+    return out
+
+
+def since_always(values: pd.Series) -> pd.Series:
+    """Start dates before the years pipecast stores (Salesforce's 0001-01-01) mean "since
+    always": the first day of those years."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values
+    text = clean_text(values)
+    year = pd.to_numeric(text.str.extract(r"^\s*([0-9]{1,4})-", expand=False), errors="coerce")
+    return text.where(~(year < YEAR_RANGE[0]), SINCE_ALWAYS)
+
+
+def apply_lookups(step: Conversion, out: pd.DataFrame) -> pd.DataFrame:
+    """Cells replaced through the mapping's lookups (``features.data.importer.lookups``)."""
+    for col, spec in step.conv.lookups.items():
+        if col in out.columns:
+            user = step.source.user_column(col) or col
+            out[col] = look_up(step.run, step.table, out, col, spec, user)
     return out
 
 
@@ -251,6 +288,7 @@ def drop_unmapped_fields(step: Conversion, out: pd.DataFrame) -> pd.DataFrame:
 
 
 VALUE_PHASES: tuple[Callable[[Conversion, pd.DataFrame], pd.DataFrame], ...] = (
+    apply_lookups,
     parse_columns,
     field_history_values,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ BOOKKEEPING = (SRC, ROW)
 @dataclass(frozen=True)
 class ImportOptions:
     """What the caller decided: stage configuration, mapping, strictness, encoding, export time,
-    and the deals already in the store (history rows may refer to them)."""
+    the corporate currency and a rates file, and what the store already holds (deals history
+    rows may refer to, exchange rates and its corporate currency)."""
 
     stages: StageConfig
     mapping: Mapping | None = None
@@ -35,6 +37,10 @@ class ImportOptions:
     encoding: str | None = None  # of every CSV file, over the mapping's
     exported_at: datetime | None = None
     known_deal_ids: frozenset[str] = frozenset()
+    currency: str | None = None  # the corporate currency the user names (--currency)
+    default_currency: str | None = None  # when nothing names one (PIPECAST_CURRENCY)
+    rates_file: Path | None = None  # exchange rates in canonical columns (--rates)
+    known_rates: pd.DataFrame | None = None  # the store's exchange_rates
 
 
 @dataclass
@@ -61,10 +67,13 @@ class SourceFile:
 @dataclass
 class ImportRun:
     options: ImportOptions
+    root: Path = Path()  # the export directory
     problems: list[ImportProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sources: dict[str, list[SourceFile]] = field(default_factory=dict)
     provided: dict[str, set[str]] = field(default_factory=dict)
+    lookup_files: dict[tuple[str, str, str], dict[str, str] | None] = field(default_factory=dict)
+    export_time_estimated: bool = False  # no --exported-at, mapping or observed_at column
     _cells: set[tuple[str, int, str | None]] = field(default_factory=set)
 
     @property
@@ -82,8 +91,9 @@ class ImportRun:
         self.problems.append(ImportProblem(file, None, column, message, line))
 
     def note(self, text: str) -> None:
-        """Something the user should know that does not stop the import."""
-        self.notes.append(text)
+        """Something the user should know that does not stop the import (said once)."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     def add_source(self, table: str, source: SourceFile) -> int:
         """Register a file of ``table``; returns its ``_src`` number."""

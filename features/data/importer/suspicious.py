@@ -1,7 +1,7 @@
 """Things an export may hold that are possible but worth a word: notes, never refusals.
 
-- closes, stage changes and field changes stamped after the export time (a deal closed with a
-  future close date, a clock off);
+- stage changes and field changes stamped after the export time (a clock off; a close dated
+  after the export is settled in ``derive``);
 - activities before the deal was created (a meeting held before the opportunity was logged);
 - text with terminal control characters (an escape code would recolour or rewrite a terminal
   printing it) or starting like a spreadsheet formula (``=cmd|...``, ``@SUM(...)``: a spreadsheet
@@ -33,9 +33,6 @@ def note_after_export(run: ImportRun, frames: dict[str, pd.DataFrame]) -> None:
     if "observed_at" not in deals or deals["observed_at"].isna().all():
         return
     export = deals["observed_at"].max()
-    if "closed_at" in deals:
-        late = deals["closed_at"] > deals["observed_at"]
-        _note(run, "deals", deals, late, f"deals closed after the export time ({export})")
     for table, col, what in (
         ("stage_history", "entered_at", "stage changes"),
         ("field_history", "changed_at", "field changes"),

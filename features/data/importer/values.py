@@ -30,7 +30,7 @@ from features.data.calendar import YEAR_RANGE
 from features.data.importer.problems import shown
 from features.data.importer.run import ROW, SRC, ImportRun
 from features.data.mapping import ENUMS, as_text, fold
-from features.data.schema import DATE_FIELDS
+from features.data.schema import CURRENCY_CODE, DATE_FIELDS
 
 # 10^15: above any deal in any currency (a billion dollars in Vietnamese dong is 2.5e13), and
 # below 2^53, so every whole amount is exact in a float and prints in at most 16 digits.
@@ -181,18 +181,34 @@ def _mapped_from(explicit: Mapping[str, Any], target: Any) -> str:
 
 
 # --- timestamps -----------------------------------------------------------------------------------
+DateFormat = str | list[str] | None
+
+
 def parse_times(
-    run: ImportRun, table: str, frame: pd.DataFrame, col: str, fmt: str | None, tz: str
+    run: ImportRun, table: str, frame: pd.DataFrame, col: str, fmt: DateFormat, tz: str
 ) -> pd.Series:
-    """Parse to naive UTC; each timestamp without an offset is in the zone ``tz``."""
+    """Parse to naive UTC; each timestamp without an offset is in the zone ``tz``.
+
+    ``fmt``: a pandas format, or several tried in turn (each value takes the first that parses
+    it); None: ISO 8601.
+    """
     s = frame[col]
     if pd.api.types.is_datetime64_any_dtype(s):
         parsed = s if getattr(s.dt, "tz", None) is not None else _localize(s, tz)
     else:
         text = clean_text(s)
-        parsed = _parse_text_times(text, fmt, tz)
+        formats: list[str | None] = [fmt] if not isinstance(fmt, list) else list(fmt)
+        parsed = _parse_text_times(text, formats[0], tz)
+        for other in formats[1:]:
+            todo = text.notna() & parsed.isna()
+            if not todo.any():
+                break
+            parsed = parsed.where(~todo, _parse_text_times(text.where(todo), other, tz))
         bad = text.notna() & parsed.isna()
-        expected = f"expected format {fmt!r}" if fmt else "expected ISO 8601, e.g. 2024-03-05"
+        if fmt is None:
+            expected = "expected ISO 8601, e.g. 2024-03-05"
+        else:
+            expected = "expected format " + " or ".join(repr(f) for f in formats)
         run.report(table, frame, bad, col, lambda v: f"unparsable date {shown(v)} ({expected})")
     naive = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
     lo, hi = YEAR_RANGE
@@ -250,6 +266,20 @@ def parse_amount(run: ImportRun, table: str, frame: pd.DataFrame, col: str) -> p
     return num.where(finite & (num.abs() < MAX_AMOUNT))
 
 
+def parse_currency(run: ImportRun, table: str, frame: pd.DataFrame, col: str) -> pd.Series:
+    """ISO 4217 codes in upper case (``mxn`` is ``MXN``); anything else is refused."""
+    code = clean_text(frame[col]).str.upper()
+    bad = code.notna() & ~code.str.fullmatch(CURRENCY_CODE[1:-1]).fillna(False).astype(bool)
+    run.report(
+        table,
+        frame,
+        bad,
+        col,
+        lambda v: f"invalid currency code {shown(v)} (an ISO 4217 code such as USD, MXN, EUR)",
+    )
+    return code.where(~bad).astype("str")
+
+
 def _numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
@@ -271,7 +301,7 @@ def normalise_field_values(
     frame: pd.DataFrame,
     col: str,
     fields: pd.Series,
-    date_formats: Mapping[str, str],
+    date_formats: Mapping[str, str | list[str]],
 ) -> pd.Series:
     """Old/new values of tracked fields in canonical text: categories, ISO dates, amounts.
 
@@ -299,7 +329,7 @@ def normalise_field_values(
 
 
 def _iso_dates(
-    run: ImportRun, table: str, part: pd.DataFrame, col: str, fmt: str | None
+    run: ImportRun, table: str, part: pd.DataFrame, col: str, fmt: DateFormat
 ) -> pd.Series:
     """``2024-03-05`` for a date, ``2024-03-05T14:22:00`` for a time of day."""
     when = parse_times(run, table, part, col, fmt, "UTC")

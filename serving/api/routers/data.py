@@ -120,6 +120,7 @@ def import_export(
             exported_at=when,
             strict=strict,
             encoding=encoding,
+            default_currency=settings.currency,
         )
     return ImportReport(
         files=names,

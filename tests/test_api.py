@@ -70,8 +70,11 @@ def _digest(path: Path) -> str:
 # --- health -------------------------------------------------------------------------------------
 def test_health_and_readiness(api: Api, tmp_path: Path) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
+    # Store reachable, but no champion model in this registry: not ready (test_api_models
+    # checks the ready case with a trained champion).
     ready = api.client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["store"] is True
+    assert ready.status_code == 503 and ready.json()["store"] is True
+    assert ready.json()["models_loaded"] is False
     empty = ApiSettings(db=tmp_path / "none.duckdb", keys_file=tmp_path / "k.json")
     with TestClient(create_app(empty)) as client:
         assert client.get("/healthz").status_code == 200

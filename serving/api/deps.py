@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serving.api.models import Served
 from serving.api.settings import ApiSettings
 from serving.api.state import AppState, Snapshot
 from serving.auth import Caller, KeyStore, Role
@@ -42,7 +43,13 @@ def get_snapshot(state: Annotated[AppState, Depends(get_state)]) -> Snapshot:
     return state.store.current()
 
 
+def get_served(state: Annotated[AppState, Depends(get_state)]) -> Served:
+    """The models of this request, taken once: a swap mid-request does not reach it."""
+    return state.models.current()
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
+ServedDep = Annotated[Served, Depends(get_served)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]

@@ -22,6 +22,7 @@ from features.errors import (
     StoreError,
 )
 from serving.auth import AuthError, ForbiddenError
+from training.errors import PromotionRefused
 
 log = logging.getLogger("pipecast.api")
 
@@ -43,9 +44,15 @@ class ServiceUnavailable(PipecastError):
     """Something the answer needs is not there yet (no champion model, no data): HTTP 503."""
 
 
+class Conflict(PipecastError):
+    """The request clashes with what is running or registered (a second retrain): HTTP 409."""
+
+
 def status_of(err: PipecastError) -> int:
     if isinstance(err, ServiceUnavailable):
         return 503
+    if isinstance(err, PromotionRefused | Conflict):
+        return 409
     for cls, status in STATUS:
         if isinstance(err, cls):
             return status

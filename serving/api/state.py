@@ -23,6 +23,7 @@ from features.data.stages import StageConfig
 from features.data.store import Store
 from features.errors import StoreError
 from serving.api.errors import ServiceUnavailable
+from serving.api.models import ModelHolder, Registry
 
 T = TypeVar("T")
 
@@ -118,3 +119,5 @@ class AppState:
     store: StoreCache
     stages: StageConfig
     results: ResultCache
+    models: ModelHolder
+    registry: Registry

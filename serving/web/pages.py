@@ -25,6 +25,7 @@ from serving.api.deps import get_state
 from serving.api.errors import status_of
 from serving.api.state import AppState, Snapshot
 from serving.auth import AuthError, Caller, KeyStore, Role, hash_key
+from serving.web import charts
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -129,8 +130,7 @@ class Scope:
         as_of: str | None,
     ) -> None:
         team, owner = (team or None), (owner or None)
-        views.check_scope_exists(snap, team=team, owner=owner)
-        self.owner, self.team = caller.scope(owner=owner, team=team)
+        self.owner, self.team = views.scope(caller, snap, team=team, owner=owner)
         self.as_of = views.resolve_as_of(as_of or None, snap)
         self.as_of_day = self.as_of.date().isoformat()
 
@@ -182,7 +182,8 @@ def logout(request: Request) -> RedirectResponse:
 
 @router.get("/")
 def home(caller: PageCaller) -> RedirectResponse:
-    return RedirectResponse("/deals" if caller.role is Role.REP else "/forecast", status_code=303)
+    # The forecast page (managers' home) joins with the forecasting package; until then: deals.
+    return RedirectResponse("/deals", status_code=303)
 
 
 # --- pipeline health ----------------------------------------------------------------------------
@@ -216,6 +217,157 @@ def pipeline_page(
             stage_rows=rows,
             scope=scope,
             choices=choices(caller, snap, scope),
+        )
+
+    return guarded(request, caller, build)
+
+
+# --- deals --------------------------------------------------------------------------------------
+def _versions_text(versions: dict[str, Any]) -> str:
+    named = [f"{k} v{v}" for k, v in versions.items() if v]
+    return ", ".join(named) if named else "historical stage win rates (no champion model)"
+
+
+@router.get("/deals")
+def deals_page(
+    request: Request,
+    caller: PageCaller,
+    state: PageState,
+    team: str | None = None,
+    owner: str | None = None,
+    as_of: str | None = None,
+    limit: int = 200,
+) -> HTMLResponse:
+    def build() -> HTMLResponse:
+        snap = state.store.current()
+        served = state.models.current()
+        scope = Scope(caller, snap, team, owner, as_of)
+        frame = views.scores(state, snap, served, scope.as_of, team=scope.team, owner=scope.owner)
+        shown = max(1, min(limit, 10_000))
+        rows = views.records(frame.head(shown))
+        for r in rows:
+            r["stage_label"] = _stage_label(state, r["stage"])
+        fallback = frame.attrs.get("fallback_reason")
+        return render(
+            request,
+            "deals.html",
+            caller,
+            page="deals",
+            deals=rows,
+            total=len(frame),
+            truncated=len(frame) > shown,
+            scope=scope,
+            choices=choices(caller, snap, scope),
+            fallback=f"No champion model: scored with historical stage win rates ({fallback})."
+            if fallback
+            else None,
+            versions_text=_versions_text(frame.attrs.get("model_versions", {})),
+        )
+
+    return guarded(request, caller, build)
+
+
+def _stage_label(state: AppState, key: Any) -> str:
+    if isinstance(key, str) and key in state.stages.by_key:
+        return state.stages.stage(key).label
+    return "–" if key is None else str(key)
+
+
+@router.get("/deals/{deal_id}")
+def deal_page(
+    request: Request,
+    caller: PageCaller,
+    state: PageState,
+    deal_id: str,
+    as_of: str | None = None,
+) -> HTMLResponse:
+    def build() -> HTMLResponse:
+        snap = state.store.current()
+        served = state.models.current()
+        when = views.resolve_as_of(as_of or None, snap)
+        d = views.deal_detail(state, snap, served, caller, deal_id, when)
+        labels = {k: s.label for k, s in state.stages.by_key.items()}
+        score = d["score"]
+        stage_key = score["stage"] if score else (d["history"]["stages"] or [{}])[-1].get("stage")
+        d["stage_label"] = _stage_label(state, stage_key)
+        d["amount"] = score["amount"] if score else None
+        history = {
+            **d["history"],
+            "stages": [
+                {**s, "label": labels.get(str(s["stage"]), str(s["stage"])), "at": s["at"][:10]}
+                for s in d["history"]["stages"]
+            ],
+            "changes": [{**c, "at": c["at"][:10]} for c in d["history"]["changes"]],
+            "activities": [{**a, "at": a["at"][:10]} for a in d["history"]["activities"]],
+        }
+        facts = [
+            ("Team", d["team"] or "–"),
+            ("Segment", d["segment"] or "–"),
+            ("Product", d["product"] or "–"),
+            ("Created", (d["created_at"] or "–")[:10]),
+        ]
+        if score:
+            facts += [
+                ("Expected close", str(score["expected_close_date"] or "–")[:10]),
+                ("Forecast category", score["forecast_category"] or "–"),
+                ("P(closes this quarter | win)", pct(score["p_close_this_quarter_given_win"])),
+            ]
+        if d["closed_at"]:
+            facts.append(("Closed", d["closed_at"][:10]))
+        sig = d["signals"]
+        for key, label in (
+            ("days_in_stage", "Days in stage"),
+            ("days_since_last_activity", "Days since last activity"),
+            ("activities_30d", "Activities (30 days)"),
+        ):
+            if key in sig and sig[key] is not None:
+                facts.append((label, f"{sig[key]:.0f}"))
+        fallback = d["fallback_reason"]
+        return render(
+            request,
+            "deal.html",
+            caller,
+            page="deals",
+            deal=d,
+            score=score,
+            flags=d["flags"],
+            facts=facts,
+            history=history,
+            as_of_day=when.date().isoformat(),
+            timeline=charts.timeline_svg(d["history"], d["created_at"], when, labels),
+            fallback=f"No champion model: scored with historical stage win rates ({fallback})."
+            if fallback
+            else None,
+        )
+
+    return guarded(request, caller, build)
+
+
+# --- models -------------------------------------------------------------------------------------
+@router.get("/models")
+def models_page(request: Request, caller: PageCaller, state: PageState) -> HTMLResponse:
+    def build() -> HTMLResponse:
+        caller.require(Role.REVOPS)
+        versions = views.model_versions(state)
+        served = state.models.current()
+        champion = next(
+            (v for v in versions if v["name"] == "win_probability" and "champion" in v["aliases"]),
+            None,
+        )
+        latest = next((v for v in versions if v["name"] == "win_probability"), None)
+        shown = champion or latest
+        curves = shown["reliability"] if shown else {}
+        return render(
+            request,
+            "models.html",
+            caller,
+            page="models",
+            versions=versions,
+            serving=served.versions,
+            serving_error=state.models.last_error,
+            shown=shown,
+            reliability=charts.reliability_svg(curves) if curves else None,
+            metric_names=("auc", "brier", "log_loss", "ece"),
         )
 
     return guarded(request, caller, build)

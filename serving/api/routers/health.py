@@ -18,6 +18,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     store: bool
+    models_loaded: bool
     models: dict[str, str | None]
     detail: list[str]
 
@@ -30,16 +31,28 @@ def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="the store is reachable and models are loaded",
+    summary="the store is reachable and the champion models are loaded",
     responses={503: {"model": Readiness, "description": "not ready"}},
 )
 def readyz(state: StateDep) -> JSONResponse:
+    """Ready: the store is readable and the champion models are loaded. Without a champion the
+    deal lists still answer (stage-rate fallback) but the server is not ready for model work."""
     detail: list[str] = []
     store_ok = state.store.reachable()
     if not store_ok:
         detail.append(f"store {state.store.path} is not readable")
-    ready = store_ok
+    served = state.models.current()
+    models_ok = served.models is not None
+    if not models_ok:
+        detail.append(served.fallback_reason or "no champion model loaded")
+    if state.models.last_error:
+        detail.append(state.models.last_error)
+    ready = store_ok and models_ok
     body = Readiness(
-        status="ready" if ready else "not ready", store=store_ok, models={}, detail=detail
+        status="ready" if ready else "not ready",
+        store=store_ok,
+        models_loaded=models_ok,
+        models=dict(served.versions),
+        detail=detail,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -36,8 +36,7 @@ def metrics(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> PipelineMetrics:
-    views.check_scope_exists(snap, team=team, owner=owner)
-    owner, team = caller.scope(owner=owner, team=team)
+    owner, team = views.scope(caller, snap, team=team, owner=owner)
     when = views.resolve_as_of(as_of, snap)
     return views.metrics(state, snap, when, team=team, owner=owner)
 
@@ -55,8 +54,7 @@ def hygiene(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> HygieneReport:
-    views.check_scope_exists(snap, team=team, owner=owner)
-    owner, team = caller.scope(owner=owner, team=team)
+    owner, team = views.scope(caller, snap, team=team, owner=owner)
     when = views.resolve_as_of(as_of, snap)
     flags, outliers = views.hygiene(state, snap, when, team=team, owner=owner)
     return HygieneReport(as_of=when.to_pydatetime(), flags=flags, stage_outliers=outliers)
@@ -77,7 +75,6 @@ def review(
     min_amount: Annotated[float | None, Query(ge=0, description="smallest deal to review")] = None,
     sort: Annotated[Literal["amount", "expected_close"], Query()] = "amount",
 ) -> ReviewPack:
-    views.check_scope_exists(snap, team=team, owner=owner)
-    owner, team = caller.scope(owner=owner, team=team)
+    owner, team = views.scope(caller, snap, team=team, owner=owner)
     when = views.resolve_as_of(as_of, snap)
     return views.review(state, snap, when, team=team, owner=owner, min_amount=min_amount, sort=sort)

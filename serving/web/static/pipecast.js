@@ -13,13 +13,25 @@ async function postJson(url, body) {
   return data;
 }
 
+function jobText(job) {
+  if (job.state === "failed") return job.error || "failed";
+  if (job.state === "succeeded" && job.result) {
+    return Object.entries(job.result)
+      .map(([name, r]) => `${name} v${r.version} (${r.alias})`)
+      .join(", ");
+  }
+  const p = job.progress || {};
+  return p.phase ? `${job.state}: ${p.phase} ${p.done}/${p.total}` : job.state;
+}
+
 async function followJob(id, bar, status) {
   for (;;) {
     const response = await fetch(`/v1/jobs/${id}`, { credentials: "same-origin" });
     const job = await response.json();
-    if (typeof job.progress === "number") bar.value = Math.round(job.progress * 100);
-    status.textContent = job.message || job.status;
-    if (job.status === "succeeded" || job.status === "failed") return job;
+    if (!response.ok) throw new Error(job.detail || response.statusText);
+    if (job.progress) bar.value = Math.round((job.progress.fraction || 0) * 100);
+    status.textContent = jobText(job);
+    if (job.state === "succeeded" || job.state === "failed") return job;
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -36,8 +48,9 @@ document.addEventListener("click", async (event) => {
   try {
     const job = await postJson(button.dataset.job, JSON.parse(button.dataset.body || "{}"));
     const done = await followJob(job.id, bar, status);
-    status.textContent = done.status === "succeeded" ? `Done: ${done.message}` : `Failed: ${done.message}`;
-    if (done.status === "succeeded") setTimeout(() => window.location.reload(), 1500);
+    const ok = done.state === "succeeded";
+    status.textContent = ok ? `Done: ${jobText(done)}` : `Failed: ${jobText(done)}`;
+    if (ok) setTimeout(() => window.location.reload(), 1500);
   } catch (err) {
     status.textContent = `Failed: ${err.message}`;
   } finally {
@@ -53,7 +66,7 @@ document.addEventListener("submit", async (event) => {
   const body = Object.fromEntries(new FormData(form).entries());
   try {
     const data = await postJson(form.dataset.postJson, body);
-    out.textContent = data.message || "Done";
+    out.textContent = data.reason || data.message || "Done";
     setTimeout(() => window.location.reload(), 1200);
   } catch (err) {
     out.textContent = `Refused: ${err.message}`;

@@ -122,3 +122,12 @@ def test_a_job_whose_process_died_is_reported_failed(tmp_path: Path) -> None:
     got = jobs.read_status(tmp_path, job_id)
     assert got["state"] == "failed" and "exited without" in got["error"]
     assert jobs.running(tmp_path) is None
+
+
+def test_job_progress_never_goes_back_across_the_two_fits() -> None:
+    tracker = jobs.Progress()
+    ticks = [("snapshots", 5, 10), ("snapshots", 10, 10), ("fitting", 1, 4), ("fitting", 4, 4)]
+    ticks += [("fitting", 1, 4), ("fitting", 4, 4), ("mlflow", 0, 1), ("mlflow", 1, 1)]
+    seen = [tracker.update(*t) for t in ticks]
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert seen[4] > seen[3]  # the second fit (the model to serve) counts on from the first

@@ -28,8 +28,9 @@ from features.errors import NotFoundError
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 STATES = ("queued", "running", "succeeded", "failed")
-# Phases of a retrain in the order they run, so progress can be told as "phase k of n".
-PHASES = ("snapshots", "fitting", "mlflow")
+# Phases of a retrain in the order they run (the fit runs twice: the backtest, then the model to
+# serve), so progress can be told as a fraction of the whole job.
+PHASES = ("snapshots", "fitting", "fitting", "mlflow")
 
 
 def _now() -> str:
@@ -134,10 +135,24 @@ def start_retrain(jobs_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
     return {**current, "pid": current.get("pid") or proc.pid}
 
 
-def _fraction(phase: str, done: int, total: int) -> float:
-    k = PHASES.index(phase) if phase in PHASES else 0
-    within = done / total if total else 0.0
-    return round((k + min(within, 1.0)) / len(PHASES), 4)
+class Progress:
+    """Turns ``train``'s (phase, done, total) callbacks into one fraction that never goes back."""
+
+    def __init__(self) -> None:
+        self.segment = -1
+        self.phase: str | None = None
+        self.done = 0
+        self.fraction = 0.0
+
+    def update(self, phase: str, done: int, total: int) -> float:
+        if phase != self.phase or done < self.done:  # a new phase, or the same one again
+            self.segment += 1
+            self.phase = phase
+        self.done = done
+        within = min(done / total, 1.0) if total else 0.0
+        now = min((min(self.segment, len(PHASES) - 1) + within) / len(PHASES), 1.0)
+        self.fraction = max(self.fraction, round(now, 4))
+        return self.fraction
 
 
 def run(folder: Path) -> int:
@@ -156,8 +171,10 @@ def run(folder: Path) -> int:
     status.update(state="running", started=_now(), pid=os.getpid())
     _write(status_file, status)
     last = [0.0]
+    tracker = Progress()
 
     def progress(phase: str, done: int, total: int) -> None:
+        fraction = tracker.update(phase, done, total)
         now = time.monotonic()
         if now - last[0] < 0.25 and done < total:  # a file write per tick would dominate
             return
@@ -166,7 +183,7 @@ def run(folder: Path) -> int:
             "phase": phase,
             "done": int(done),
             "total": int(total),
-            "fraction": _fraction(phase, done, total),
+            "fraction": fraction,
         }
         _write(status_file, status)
 

@@ -47,4 +47,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_scoring.py
 
 clean:
-	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png mlflow.db mlruns .pytest_cache .mypy_cache
+	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png .pytest_cache .mypy_cache

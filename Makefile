@@ -24,6 +24,8 @@ demo: install
 	$(BIN)/pipecast metrics --as-of $(AS_OF) --db $(DEMO_DB) --plot demo-pipeline.png
 	$(BIN)/pipecast review --as-of $(AS_OF) --min-amount 750000 --db $(DEMO_DB)
 	$(BIN)/pipecast hygiene --as-of $(AS_OF) --db $(DEMO_DB) | tail -n 8
+	$(BIN)/pipecast train --as-of $(AS_OF) --db $(DEMO_DB)
+	COLUMNS=160 $(BIN)/pipecast score --as-of $(AS_OF) --db $(DEMO_DB) --top 10
 
 test: install
 	$(BIN)/pytest -q -n 2
@@ -41,6 +43,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate_load.py --deals 100000
 	$(BIN)/python benchmarks/bench_snapshots.py --deals 100000
 	$(BIN)/python benchmarks/bench_pipeline.py --deals 30000
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_scoring.py
 
 clean:
 	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png .pytest_cache .mypy_cache

@@ -292,3 +292,23 @@ def test_a_retrain_refused_for_a_missing_store(world: World, tmp_path: Path) -> 
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         r = c.post("/v1/models/retrain", json={}, headers=world.headers("revops"))
     assert r.status_code == 503 and not (tmp_path / "jobs").exists()
+
+
+def test_openapi_documents_every_endpoint_with_models(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path, method in [
+        ("/v1/deals/scores", "get"),
+        ("/v1/deals/{deal_id}", "get"),
+        ("/v1/score", "post"),
+        ("/v1/models", "get"),
+        ("/v1/models/retrain", "post"),
+        ("/v1/jobs/{job_id}", "get"),
+        ("/v1/models/promote", "post"),
+        ("/readyz", "get"),
+    ]:
+        op = spec["paths"][path][method]
+        ok = next(c for c in op["responses"] if c.startswith("2"))
+        assert "$ref" in str(op["responses"][ok]), (path, method)
+    assert {"DealScores", "DealDetail", "WhatIfRequest", "JobStatus"} <= set(
+        spec["components"]["schemas"]
+    )

@@ -144,9 +144,10 @@ def timeline_svg(
     )
     for frac in (0, 0.25, 0.5, 0.75, 1):
         at = t0 + (t1 - t0) * frac
+        anchor = "end" if frac == 1 else "middle"
         body.append(
             f'<text x="{left + frac * (w - left - right):.1f}" y="{axis + 4}" font-size="11" '
-            f'text-anchor="middle">{at:%Y-%m-%d}</text>'
+            f'text-anchor="{anchor}">{at:%Y-%m-%d}</text>'
         )
     return _svg(
         w,

@@ -76,3 +76,15 @@ def load_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return db
 
     return load
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_default_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """No test touches ./mlflow.db: by default the registry is an empty one in a temp folder
+    (a test that needs models points its settings at its own)."""
+    patch = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("mlflow-default")
+    patch.setenv("PIPECAST_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    patch.setenv("PIPECAST_MLFLOW_ARTIFACTS", str(root / "mlruns"))
+    yield
+    patch.undo()

@@ -88,6 +88,7 @@ class FittedModels:
         reasons: bool = False,
         owner: str | None = None,
         team: str | None = None,
+        deal_ids: list[str] | None = None,
         progress: Progress | None = None,
     ) -> pd.DataFrame:
         """One row per deal open at ``as_of``, ranked by expected value this quarter (see
@@ -95,7 +96,15 @@ class FittedModels:
         from training.scoring import score_deals
 
         return score_deals(
-            self, tables, stages, as_of, reasons=reasons, owner=owner, team=team, progress=progress
+            self,
+            tables,
+            stages,
+            as_of,
+            reasons=reasons,
+            owner=owner,
+            team=team,
+            deal_ids=deal_ids,
+            progress=progress,
         )
 
 

@@ -63,12 +63,19 @@ def open_deal_rows(
     static_custom: list[str] | tuple[str, ...] = (),
     owner: str | None = None,
     team: str | None = None,
+    deal_ids: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Signals of the deals open at ``as_of`` (optionally one rep's or team's); ``static_custom``
-    as in training (:class:`training.config.TrainingConfig`)."""
+    """Signals of the deals open at ``as_of`` (optionally one rep's or team's, or only
+    ``deal_ids``: rep and team statistics still read every deal); ``static_custom`` as in
+    training (:class:`training.config.TrainingConfig`)."""
     try:
         rows = compute_signals(
-            tables, [pd.Timestamp(as_of)], stages, custom=custom, static_custom=static_custom
+            tables,
+            [pd.Timestamp(as_of)],
+            stages,
+            custom=custom,
+            static_custom=static_custom,
+            deal_ids=deal_ids,
         )
     except KeyError as err:
         raise InputError(f"the model needs {err.args[0]}") from None
@@ -126,9 +133,11 @@ def score_deals(
     reasons: bool = False,
     owner: str | None = None,
     team: str | None = None,
+    deal_ids: list[str] | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Score every open deal with the fitted models, in chunks (``progress`` per chunk)."""
+    """Score every open deal (or only ``deal_ids``) with the fitted models, in chunks
+    (``progress`` per chunk)."""
     rows = open_deal_rows(
         tables,
         stages,
@@ -137,6 +146,7 @@ def score_deals(
         static_custom=models.config.static_custom,
         owner=owner,
         team=team,
+        deal_ids=deal_ids,
     )
     parts, extra = [], []
     total = len(rows)

@@ -283,7 +283,25 @@ def _tag_version(client: Any, name: str, version: str, result: TrainingResult, r
             {k: v for k, v in report["eval"].items() if not isinstance(v, dict)}, default=_jsonable
         ),
         "run_id": run_id,
+        # Small enough for tags, so a reader (the models page) needs no artifact download.
+        "baselines": json.dumps(
+            {
+                b: {k: v for k, v in sc.items() if not isinstance(v, dict)}
+                for b, sc in report.get("baselines", {}).items()
+            },
+            default=_jsonable,
+        ),
     }
+    if section == "win":
+        tags["reliability"] = json.dumps(
+            {
+                curve: [
+                    [round(float(a), 5), round(float(b), 5), round(float(w), 3)]
+                    for a, b, w in zip(c["predicted"], c["observed"], c["weight"], strict=True)
+                ]
+                for curve, c in result.curves.items()
+            }
+        )
     for key, value in tags.items():
         client.set_model_version_tag(name, version, TAG + key, value)
 
@@ -399,6 +417,8 @@ def list_models(target: TrackingTarget) -> list[dict[str, Any]]:
                         "eval_window": tags.get(TAG + "eval_window"),
                         "recipe": tags.get(TAG + "recipe"),
                         "metrics": json.loads(tags.get(TAG + "metrics", "{}")),
+                        "baselines": json.loads(tags.get(TAG + "baselines", "{}")),
+                        "reliability": json.loads(tags.get(TAG + "reliability", "{}")),
                         "promotion_reason": tags.get(TAG + "promotion_reason"),
                     }
                 )
@@ -457,28 +477,42 @@ def _manual_reason(name: str, new: Any, champion: Any | None, force: bool) -> st
     return f"promoted by hand: no worse than champion v{champion.version} ({metric} {a} vs {b})"
 
 
+def champion_versions(target: TrackingTarget) -> dict[str, str | None]:
+    """The version each model's ``champion`` alias points at now (None: no champion)."""
+    with using(target) as client:
+        out: dict[str, str | None] = {}
+        for name in MODELS:
+            champion = _champion(client, name)
+            out[name] = None if champion is None else str(champion.version)
+        return out
+
+
 def load_champion(target: TrackingTarget) -> FittedModels:
     """The champion versions of both models (``models:/NAME@champion``), ready to score."""
+    return load_versions(target, champion_versions(target))
+
+
+def load_versions(target: TrackingTarget, versions: dict[str, str | None]) -> FittedModels:
+    """Both models at the versions given (resolved from the ``champion`` alias by the caller,
+    so a server loads exactly the versions it names even if the alias moves meanwhile)."""
     with using(target) as client:
         import mlflow.sklearn
 
         loaded: dict[str, Any] = {}
-        versions: dict[str, str | None] = {}
         for name in MODELS:
-            champion = _champion(client, name)
-            if champion is None:
+            version = versions.get(name)
+            if version is None:
                 raise ModelNotFoundError(
                     f"no champion version of {name} in {target.uri}; run `pipecast train` first"
                 )
-            loaded[name] = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
-            versions[name] = str(champion.version)
             if name == WIN_MODEL:
-                tags = champion.tags
+                tags = _version(client, name, version).tags
+            loaded[name] = mlflow.sklearn.load_model(f"models:/{name}/{version}")
         config = config_from_json(tags[TAG + "config"])
         return FittedModels(
             win=loaded[WIN_MODEL],
             slip=loaded[SLIP_MODEL],
             config=config,
             cutoff=pd.Timestamp(tags[TAG + "cutoff"]),
-            versions=versions,
+            versions={name: versions[name] for name in MODELS},
         )

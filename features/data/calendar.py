@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import InputError
+
 TimeLike = date | datetime | pd.Timestamp | str
+
+# Years pipecast accepts anywhere (imports, as-of dates, API queries): far enough for any CRM
+# history and any plan, inside what pandas can represent (up to 2262) with room for the quarter
+# and year windows computed around a date.
+YEAR_RANGE = (1900, 2199)
+FIRST_DATE = pd.Timestamp(f"{YEAR_RANGE[0]}-01-01")
+LAST_DATE = pd.Timestamp(f"{YEAR_RANGE[1]}-12-31 23:59:59.999999")
 
 US_PER_DAY = 86_400_000_000
 # int64 microseconds of a missing timestamp (numpy's NaT).
@@ -34,6 +43,33 @@ def to_timestamp(value: TimeLike) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts
+
+
+def parse_when(value: TimeLike, what: str) -> pd.Timestamp:
+    """A user's date or timestamp (``YYYY-MM-DD``: the end of that day), checked.
+
+    ``what`` names the option or field in the :class:`~features.errors.InputError` raised for
+    an empty value, a value that is not a date, or one outside ``FIRST_DATE..LAST_DATE``.
+    """
+    if isinstance(value, str) and not value.strip():
+        raise InputError(f"{what}: empty; give a date such as 2025-06-30")
+    out_of_range = InputError(
+        f"{what}: {value!r} is outside the supported range "
+        f"{FIRST_DATE:%Y-%m-%d}..{LAST_DATE:%Y-%m-%d}"
+    )
+    try:
+        ts = to_timestamp(value.strip() if isinstance(value, str) else value)
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        raise out_of_range from None
+    except ValueError as err:
+        raise InputError(
+            f"{what}: cannot read {value!r} as a date (YYYY-MM-DD or ISO timestamp): {err}"
+        ) from None
+    if pd.isna(ts):
+        raise InputError(f"{what}: cannot read {value!r} as a date")
+    if not FIRST_DATE <= ts <= LAST_DATE:
+        raise out_of_range
     return ts
 
 

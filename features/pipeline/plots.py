@@ -13,6 +13,7 @@ from features.pipeline.facts import over_stage_limit
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from features.data.stages import StageConfig
     from features.pipeline.metrics import PipelineMetrics
@@ -215,8 +216,8 @@ def _unknown_note(m: PipelineMetrics) -> str:
     return "not counted: " + ", ".join(parts) if parts else ""
 
 
-def plot_pipeline(metrics: PipelineMetrics, stages: StageConfig, path: Path) -> Path:
-    """Write a PNG of the funnel, time in stage and coverage to ``path``; return ``path``."""
+def pipeline_figure(metrics: PipelineMetrics, stages: StageConfig) -> Figure:
+    """The funnel, time in stage and coverage of ``metrics`` on one figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -232,7 +233,27 @@ def plot_pipeline(metrics: PipelineMetrics, stages: StageConfig, path: Path) -> 
         f"{metrics.open_pipeline.count:,} open deals, {_money(metrics.open_pipeline.value)}",
         fontsize=12,
     )
+    return fig
+
+
+def plot_pipeline(metrics: PipelineMetrics, stages: StageConfig, path: Path) -> Path:
+    """Write a PNG of the funnel, time in stage and coverage to ``path``; return ``path``."""
+    fig = pipeline_figure(metrics, stages)
     path = Path(path)
     fig.savefig(path, format="png", dpi=110)
     fig.clear()
     return path
+
+
+def pipeline_svg(metrics: PipelineMetrics, stages: StageConfig) -> str:
+    """The same figure as SVG text (for web pages): text stays text, so it scales and is found."""
+    import io
+
+    from matplotlib import rc_context
+
+    fig = pipeline_figure(metrics, stages)
+    buffer = io.StringIO()
+    with rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg")
+    fig.clear()
+    return buffer.getvalue()

@@ -19,7 +19,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from features.data.calendar import to_timestamp
+from features.data.calendar import parse_when
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig, load_stage_config
 from features.errors import InputError
@@ -45,11 +45,6 @@ AsOfOption = Annotated[
     str, typer.Option("--as-of", help="date (YYYY-MM-DD, end of that day) or timestamp")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
-
-# Dates pipecast accepts: far enough for any CRM history and any plan, and inside what pandas
-# can represent (up to 2262) with room for the quarter and year windows computed around a date.
-FIRST_DATE = pd.Timestamp("1900-01-01")
-LAST_DATE = pd.Timestamp("2199-12-31 23:59:59.999999")
 
 # C0 and C1 control characters and DEL, except newline and tab: an ESC in a deal name must not
 # recolour, move the cursor of or retitle the user's terminal.
@@ -84,26 +79,7 @@ def load_stages(path: str | None) -> StageConfig:
 
 def parse_time(value: str, option: str) -> pd.Timestamp:
     """A date or timestamp option; ``YYYY-MM-DD`` means the end of that day."""
-    shown = safe_text(value)
-    if not value.strip():
-        raise InputError(f"{option}: empty; give a date such as 2025-06-30")
-    out_of_range = InputError(
-        f"{option}: {shown} is outside the supported range "
-        f"{FIRST_DATE:%Y-%m-%d}..{LAST_DATE:%Y-%m-%d}"
-    )
-    try:
-        ts = to_timestamp(value.strip())
-    except (pd.errors.OutOfBoundsDatetime, OverflowError):
-        raise out_of_range from None
-    except ValueError as err:
-        raise InputError(
-            f"{option}: cannot read {shown!r} as a date (YYYY-MM-DD or ISO timestamp): {err}"
-        ) from None
-    if pd.isna(ts):
-        raise InputError(f"{option}: cannot read {shown!r} as a date")
-    if not FIRST_DATE <= ts <= LAST_DATE:
-        raise out_of_range
-    return ts
+    return parse_when(value, option)
 
 
 def parse_as_of(value: str) -> pd.Timestamp:

@@ -131,47 +131,36 @@ def load(
     The store stays readable while it loads; a second load waits for the first (up to
     PIPECAST_LOCK_TIMEOUT seconds), then says the store is busy.
     """
-    from features.data.importer import (
-        ImportValidationError,
-        check_currency,
-        check_encoding,
-        read_export,
-        write_problems_csv,
-    )
+    from features.data.importer import ImportValidationError, check_currency, write_problems_csv
+    from features.data.loading import load_export
     from features.data.mapping import load_mapping
-    from features.data.store import Store
 
-    check_encoding(encoding)  # before the store is opened: a typo changes nothing
     check_currency(currency, "--currency")
     config = load_stages(stages)
     spec = load_mapping(mapping) if mapping else None
     when = parse_time(exported_at, "--exported-at").to_pydatetime() if exported_at else None
     store_file = db_path(db)
-    with Store(store_file, read_only=False) as store:
-        known = store.deal_ids()
-        try:
-            result = read_export(
-                path,
-                mapping=spec,
-                stages=config,
-                exported_at=when,
-                known_deal_ids=known,
-                strict=strict,
-                encoding=encoding,
-                currency=currency,
-                default_currency=settings().currency,
-                rates=rates,
-                known_rates=store.read("exchange_rates"),
-            )
-        except ImportValidationError as err:
-            if problems_out is not None:
-                n = write_problems_csv(err.problems, problems_out)
-                echo(f"wrote {n:,} problems to {problems_out}", err=True)
-            raise DataImportError(f"import refused, {store_file} unchanged:\n{err}") from None
+    try:
+        result = load_export(
+            path,
+            store_file,
+            stages=config,
+            mapping=spec,
+            exported_at=when,
+            strict=strict,
+            encoding=encoding,
+            currency=currency,
+            default_currency=settings().currency,
+            rates=rates,
+        )
+    except ImportValidationError as err:
         if problems_out is not None:
-            write_problems_csv([], problems_out)
-        # Columns the export carried: a column it lacks keeps the stored values.
-        report = store.load(result.tables, provided=result.provided)
+            n = write_problems_csv(err.problems, problems_out)
+            echo(f"wrote {n:,} problems to {problems_out}", err=True)
+        raise DataImportError(f"import refused, {store_file} unchanged:\n{err}") from None
+    if problems_out is not None:
+        write_problems_csv([], problems_out)
+    report = result.report
     for note in result.notes:
         echo(f"note: {note}")
     added = ", ".join(f"{k} +{v:,}" for k, v in report.inserted.items())
@@ -229,10 +218,12 @@ def _register_commands() -> None:
     from serving.cli import mapping as cli_mapping
     from serving.cli import models as cli_models
     from serving.cli import pipeline as cli_pipeline
+    from serving.cli import server as cli_server
     from serving.cli import signals as cli_signals
 
     cli_signals.register(app)
     cli_pipeline.register(app)
+    cli_server.register(app)
     cli_audit.register(app)
     cli_mapping.register(app)
     cli_models.register(app)

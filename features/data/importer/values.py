@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.data.calendar import YEAR_RANGE
 from features.data.importer.problems import shown
 from features.data.importer.run import ROW, SRC, ImportRun
 from features.data.mapping import ENUMS, as_text, fold
@@ -34,7 +35,6 @@ from features.data.schema import CURRENCY_CODE, DATE_FIELDS
 # 10^15: above any deal in any currency (a billion dollars in Vietnamese dong is 2.5e13), and
 # below 2^53, so every whole amount is exact in a float and prints in at most 16 digits.
 MAX_AMOUNT = 1e15
-YEAR_RANGE = (1900, 2199)
 # Unmapped values of these columns are kept (as ``other`` or missing) unless ``strict``.
 DESCRIPTIVE: dict[tuple[str, str], str | None] = {
     ("deals", "loss_reason"): None,

@@ -1,0 +1,1 @@
+"""One router per resource: health, pipeline, data, deals, forecast, models and jobs."""

@@ -1,0 +1,80 @@
+"""Pipeline health: metrics, hygiene flags and the weekly review pack, scoped to the caller."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from features.pipeline.hygiene import HygieneFlag, StageOutliers
+from features.pipeline.metrics import PipelineMetrics
+from features.pipeline.review import ReviewPack
+from serving.api import views
+from serving.api.deps import AsOfQuery, CallerDep, OwnerQuery, SnapshotDep, StateDep, TeamQuery
+
+router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"])
+
+
+class HygieneReport(BaseModel):
+    as_of: datetime
+    flags: list[HygieneFlag]
+    stage_outliers: list[StageOutliers]
+
+
+@router.get(
+    "/metrics",
+    response_model=PipelineMetrics,
+    summary="pipeline metrics as of a date (coverage, weighted, conversion, cycle, win rate...)",
+)
+def metrics(
+    caller: CallerDep,
+    snap: SnapshotDep,
+    state: StateDep,
+    as_of: AsOfQuery = None,
+    team: TeamQuery = None,
+    owner: OwnerQuery = None,
+) -> PipelineMetrics:
+    owner, team = views.scope(caller, snap, team=team, owner=owner)
+    when = views.resolve_as_of(as_of, snap)
+    return views.metrics(state, snap, when, team=team, owner=owner)
+
+
+@router.get(
+    "/hygiene",
+    response_model=HygieneReport,
+    summary="hygiene flags of open deals (zombie deals, missing next steps, ...)",
+)
+def hygiene(
+    caller: CallerDep,
+    snap: SnapshotDep,
+    state: StateDep,
+    as_of: AsOfQuery = None,
+    team: TeamQuery = None,
+    owner: OwnerQuery = None,
+) -> HygieneReport:
+    owner, team = views.scope(caller, snap, team=team, owner=owner)
+    when = views.resolve_as_of(as_of, snap)
+    flags, outliers = views.hygiene(state, snap, when, team=team, owner=owner)
+    return HygieneReport(as_of=when.to_pydatetime(), flags=flags, stage_outliers=outliers)
+
+
+@router.get(
+    "/review",
+    response_model=ReviewPack,
+    summary="the weekly pipeline review pack: big open deals, last week's changes, risks",
+)
+def review(
+    caller: CallerDep,
+    snap: SnapshotDep,
+    state: StateDep,
+    as_of: AsOfQuery = None,
+    team: TeamQuery = None,
+    owner: OwnerQuery = None,
+    min_amount: Annotated[float | None, Query(ge=0, description="smallest deal to review")] = None,
+    sort: Annotated[Literal["amount", "expected_close"], Query()] = "amount",
+) -> ReviewPack:
+    owner, team = views.scope(caller, snap, team=team, owner=owner)
+    when = views.resolve_as_of(as_of, snap)
+    return views.review(state, snap, when, team=team, owner=owner, min_amount=min_amount, sort=sort)

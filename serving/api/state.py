@@ -1,0 +1,123 @@
+"""What a server process keeps in memory: the store's tables, reloaded when the file changes.
+
+Reading every table of a 100k-deal store takes seconds, so a worker keeps one copy and checks the
+file's identity (inode, size, modification time) on each request — a ``stat`` call. A load
+replaces the store file (see ``features.data.store``), so a changed identity means new data;
+requests already running keep the copy they started with.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from features.data.schema import CanonicalTables
+from features.data.stages import StageConfig
+from features.data.store import Store
+from features.errors import StoreError
+from serving.api.errors import ServiceUnavailable
+from serving.api.models import ModelHolder, Registry
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The store's tables as read at one version of the file."""
+
+    version: str
+    tables: CanonicalTables
+
+    @property
+    def data_end(self) -> pd.Timestamp | None:
+        """The latest export time: the default as-of of every answer."""
+        observed = self.tables.deals["observed_at"]
+        return None if observed.empty else pd.Timestamp(observed.max())
+
+
+def _version(path: Path) -> str:
+    st = os.stat(path)
+    return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def _read(path: Path) -> CanonicalTables:
+    with Store(path, read_only=True) as store:
+        return store.tables()
+
+
+class StoreCache:
+    """The current :class:`Snapshot` of one store file, reloaded when the file changes."""
+
+    def __init__(self, path: Path, reader: Callable[[Path], CanonicalTables] = _read) -> None:
+        self.path = path
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+
+    def current(self) -> Snapshot:
+        if not self.path.exists():
+            raise ServiceUnavailable(
+                f"no store at {self.path}: load data first "
+                "(`pipecast load` or POST /v1/data/import)"
+            )
+        version = _version(self.path)
+        snap = self._snapshot
+        if snap is not None and snap.version == version:
+            return snap
+        with self._lock:
+            snap = self._snapshot
+            if snap is not None and snap.version == version:
+                return snap
+            try:
+                tables = self._reader(self.path)
+            except StoreError:
+                raise
+            snap = Snapshot(version=_version(self.path), tables=tables)
+            self._snapshot = snap
+            return snap
+
+    def reachable(self) -> bool:
+        try:
+            self.current()
+        except Exception:
+            return False
+        return True
+
+
+class ResultCache:
+    """A small LRU of computed answers keyed by everything they depend on (store version...)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]  # type: ignore[no-any-return]
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+@dataclass
+class AppState:
+    """Everything a worker shares between requests."""
+
+    store: StoreCache
+    stages: StageConfig
+    results: ResultCache
+    models: ModelHolder
+    registry: Registry

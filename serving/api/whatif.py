@@ -1,0 +1,108 @@
+"""What-if scoring: a deal as the store has it, plus changes made at ``as_of``, scored again.
+
+A change becomes the event the CRM would have logged at ``as_of`` (a field change, a stage
+entry, a stakeholder added, an activity), so the signals see it through the same point-in-time
+rule as everything else. At or after a deal's export time its row speaks for it (see
+:mod:`features.signals.pointintime`), so there the row's fields change too. The store itself is
+never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+
+from features.data.schema import CanonicalTables
+
+FIELDS = ("amount", "expected_close_date", "forecast_category", "next_step", "next_step_date")
+
+
+def _text(value: Any) -> str:
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())[:10]
+    return str(value)
+
+
+def apply_changes(
+    tables: CanonicalTables, changes: list[dict[str, Any]], as_of: pd.Timestamp
+) -> CanonicalTables:
+    """``tables`` with every change of every deal added as an event stamped ``as_of``."""
+    fields: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = []
+    people: list[dict[str, Any]] = []
+    acts: list[dict[str, Any]] = []
+    for i, change in enumerate(changes):
+        deal_id = change["deal_id"]
+        for name in FIELDS:
+            if change.get(name) is not None:
+                fields.append(
+                    {
+                        "deal_id": deal_id,
+                        "field": name,
+                        "old_value": None,
+                        "new_value": _text(change[name]),
+                        "changed_at": as_of,
+                    }
+                )
+        if change.get("stage") is not None:
+            stages.append(
+                {
+                    "deal_id": deal_id,
+                    "stage": change["stage"],
+                    "entered_at": as_of,
+                    "derived": False,
+                }
+            )
+        for j, role in enumerate(change.get("add_stakeholders") or []):
+            people.append(
+                {
+                    "deal_id": deal_id,
+                    "contact_id": f"what-if-{i}-{j}",
+                    "role": str(role),
+                    "added_at": as_of,
+                }
+            )
+        for j, kind in enumerate(change.get("add_activities") or []):
+            acts.append(
+                {
+                    "activity_id": f"what-if-{i}-{j}",
+                    "deal_id": deal_id,
+                    "type": str(kind),
+                    "occurred_at": as_of,
+                }
+            )
+
+    def plus(frame: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        if not rows:
+            return frame
+        extra = pd.DataFrame(rows, columns=list(frame.columns)).astype(frame.dtypes.to_dict())
+        return pd.concat([frame, extra], ignore_index=True)
+
+    return replace(
+        tables,
+        deals=_rows_changed(tables.deals, changes, as_of),
+        field_history=plus(tables.field_history, fields),
+        stage_history=plus(tables.stage_history, stages),
+        stakeholders=plus(tables.stakeholders, people),
+        activities=plus(tables.activities, acts),
+    )
+
+
+def _rows_changed(
+    deals: pd.DataFrame, changes: list[dict[str, Any]], as_of: pd.Timestamp
+) -> pd.DataFrame:
+    out = deals.copy()
+    for change in changes:
+        at = out.index[(out["deal_id"] == change["deal_id"]) & (out["observed_at"] <= as_of)]
+        if len(at) == 0:
+            continue
+        for name in (*FIELDS, "stage"):
+            value = change.get(name)
+            if value is None:
+                continue
+            if name in ("expected_close_date", "next_step_date"):
+                value = pd.Timestamp(value)
+            out.loc[at, name] = value
+    return out

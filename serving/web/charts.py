@@ -1,0 +1,159 @@
+"""Small SVG charts drawn on the server for the deal and models pages (no script library).
+
+Each returns an ``<svg>`` string with a ``<title>`` and ``<desc>`` for screen readers; every value
+drawn is text in the page too (tables beside the charts), so the chart is never the only source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+import pandas as pd
+
+PALETTE = ("#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#64748b")
+
+
+def _svg(width: int, height: int, title: str, desc: str, body: list[str]) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-labelledby="t d"><title id="t">{escape(title)}</title>'
+        f'<desc id="d">{escape(desc)}</desc>' + "".join(body) + "</svg>"
+    )
+
+
+def reliability_svg(curves: dict[str, Sequence[Sequence[float]]]) -> str:
+    """Predicted against observed win rate per probability bin, one line per curve; the
+    diagonal is perfect calibration."""
+    w, h, m = 420, 360, 44
+    side = min(w, h) - 2 * m
+
+    def x(p: float) -> float:
+        return m + p * side
+
+    def y(p: float) -> float:
+        return m + (1 - p) * side
+
+    body = [
+        f'<rect x="{m}" y="{m}" width="{side}" height="{side}" fill="#fff" stroke="#cbd5e1"/>',
+        f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#94a3b8" '
+        'stroke-dasharray="4 4"/>',
+    ]
+    for t in (0, 0.25, 0.5, 0.75, 1):
+        body.append(
+            f'<text x="{x(t):.1f}" y="{m + side + 16}" font-size="11" text-anchor="middle">'
+            f"{t:.0%}</text>"
+        )
+        body.append(
+            f'<text x="{m - 6}" y="{y(t) + 4:.1f}" font-size="11" text-anchor="end">{t:.0%}</text>'
+        )
+    body.append(
+        f'<text x="{m + side / 2}" y="{h - 4}" font-size="12" text-anchor="middle">'
+        "predicted P(win)</text>"
+    )
+    body.append(
+        f'<text x="12" y="{m + side / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 12 {m + side / 2})">observed win rate</text>'
+    )
+    for i, (name, points) in enumerate(curves.items()):
+        color = PALETTE[i % len(PALETTE)]
+        pts = [(float(p[0]), float(p[1])) for p in points if len(p) >= 2]
+        if not pts:
+            continue
+        path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in pts)
+        width = 3 if name == "pipecast" else 1.5
+        body.append(
+            f'<polyline class="curve" data-curve="{escape(name)}" points="{path}" fill="none" '
+            f'stroke="{color}" stroke-width="{width}"/>'
+        )
+        body += [f'<circle cx="{x(a):.1f}" cy="{y(b):.1f}" r="3" fill="{color}"/>' for a, b in pts]
+        body.append(
+            f'<text x="{w - 4}" y="{m + 14 + 15 * i}" font-size="12" text-anchor="end" '
+            f'fill="{color}">{escape(name.replace("_", " "))}</text>'
+        )
+    return _svg(
+        w,
+        h,
+        "Reliability diagram",
+        "Predicted win probability against the observed win rate per bin, for the model and "
+        "its baselines; the dashed diagonal is perfect calibration.",
+        body,
+    )
+
+
+def timeline_svg(
+    history: dict[str, list[dict[str, Any]]],
+    start: Any,
+    end: Any,
+    stage_labels: dict[str, str],
+) -> str:
+    """A deal's life up to ``end``: stages as bands, field changes and activities as marks."""
+    t0, t1 = pd.Timestamp(start), pd.Timestamp(end)
+    if t1 <= t0:
+        t1 = t0 + pd.Timedelta(days=1)
+    w, h, left, right = 900, 170, 110, 20
+    span = (t1 - t0).total_seconds()
+
+    def x(at: Any) -> float:
+        s = (pd.Timestamp(at) - t0).total_seconds()
+        return left + max(0.0, min(1.0, s / span)) * (w - left - right)
+
+    rows = {"stage": 30, "changes": 90, "activities": 130}
+    body = [
+        f'<text x="4" y="{y + 4}" font-size="12">{label}</text>'
+        for label, y in (
+            ("Stage", rows["stage"]),
+            ("Field changes", rows["changes"]),
+            ("Activities", rows["activities"]),
+        )
+    ]
+    stages = [s for s in history.get("stages", []) if s.get("at")]
+    for i, s in enumerate(stages):
+        a = x(s["at"])
+        b = x(stages[i + 1]["at"]) if i + 1 < len(stages) else x(t1)
+        color = PALETTE[i % len(PALETTE)]
+        label = stage_labels.get(str(s.get("stage")), str(s.get("stage")))
+        body.append(
+            f'<rect class="stage" x="{a:.1f}" y="{rows["stage"] - 14}" '
+            f'width="{max(b - a, 2):.1f}" height="28" fill="{color}" opacity=".8">'
+            f"<title>{escape(label)} from {escape(str(s['at'])[:10])}</title></rect>"
+        )
+        if b - a > 60:
+            body.append(
+                f'<text x="{a + 4:.1f}" y="{rows["stage"] + 4}" font-size="11" fill="#fff">'
+                f"{escape(label)}</text>"
+            )
+    for c in history.get("changes", []):
+        cx, cy = x(c["at"]), rows["changes"]
+        body.append(
+            f'<path class="change" d="M{cx:.1f},{cy - 6} l6,6 l-6,6 l-6,-6 z" fill="#f59e0b">'
+            f"<title>{escape(str(c['field']))}: {escape(str(c.get('new')))} "
+            f"({escape(str(c['at'])[:10])})</title></path>"
+        )
+    for act in history.get("activities", []):
+        ax = x(act["at"])
+        body.append(
+            f'<line class="activity" x1="{ax:.1f}" y1="{rows["activities"] - 9}" x2="{ax:.1f}" '
+            f'y2="{rows["activities"] + 9}" stroke="#10b981" stroke-width="2">'
+            f"<title>{escape(str(act.get('type')))} ({escape(str(act['at'])[:10])})</title></line>"
+        )
+    axis = h - 14
+    body.append(
+        f'<line x1="{left}" y1="{axis - 10}" x2="{w - right}" y2="{axis - 10}" stroke="#94a3b8"/>'
+    )
+    for frac in (0, 0.25, 0.5, 0.75, 1):
+        at = t0 + (t1 - t0) * frac
+        anchor = "end" if frac == 1 else "middle"
+        body.append(
+            f'<text x="{left + frac * (w - left - right):.1f}" y="{axis + 4}" font-size="11" '
+            f'text-anchor="{anchor}">{at:%Y-%m-%d}</text>'
+        )
+    return _svg(
+        w,
+        h,
+        "Deal timeline",
+        f"{len(stages)} stage entries, {len(history.get('changes', []))} field changes and "
+        f"{len(history.get('activities', []))} activities between {t0:%Y-%m-%d} and {t1:%Y-%m-%d}.",
+        body,
+    )

@@ -200,6 +200,27 @@ def test_what_if_rescores_with_the_change(
     )
 
 
+def test_what_if_without_a_change_scores_as_before(
+    client: TestClient, world: World, deals: dict[str, Any]
+) -> None:
+    """The what-if rescores only the changed deals from their own events: with nothing changed,
+    every probability and reason equals the full scoring's (a signal that read other deals'
+    events would differ here)."""
+    mine = [d["deal_id"] for d in deals["deals"] if d["owner"] == world.rep][:5]
+    body = {"as_of": AS_OF, "deals": [{"deal_id": d} for d in mine]}
+    r = client.post("/v1/score", json=body, headers=world.headers("rep"))
+    assert r.status_code == 200, r.text
+    for deal in r.json()["deals"]:
+        assert deal["changed"] == []
+        before, after = deal["before"], deal["after"]
+        for name in ("p_win", "p_won_this_quarter", "expected_value"):
+            assert after[name] == pytest.approx(before[name], abs=1e-9), (deal["deal_id"], name)
+        assert (after["reasons_for"], after["reasons_against"]) == (
+            before["reasons_for"],
+            before["reasons_against"],
+        )
+
+
 @pytest.mark.parametrize(
     ("change", "loc"),
     [

@@ -228,10 +228,14 @@ def calls(base: str, headers: dict[str, str]) -> tuple[list[Call], list[str]]:
         Call(f"POST /v1/score ({many} deals)", "POST", "/v1/score", what_if(many)),
         Call("GET /v1/deals/scores", "GET", "/v1/deals/scores"),
     ]
-    if "/v1/forecast" in paths:
-        out.append(Call("GET /v1/forecast (cached)", "GET", "/v1/forecast"))
-    else:
+    forecast = paths.get("/v1/forecast", {}).get("get")
+    required = [p["name"] for p in (forecast or {}).get("parameters", []) if p.get("required")]
+    if forecast is None:
         notes.append("GET /v1/forecast is not in this server's OpenAPI spec: not measured")
+    elif required:
+        notes.append(f"GET /v1/forecast requires {required}: not measured (no defaults known)")
+    else:
+        out.append(Call("GET /v1/forecast (cached)", "GET", "/v1/forecast"))
     return out, notes
 
 
@@ -304,14 +308,14 @@ def report(
     for r in rows:
         print(
             f"{r.name:<28} {r.requests:>8} {r.failed:>6} {r.rps:>8.1f} {r.p50_ms:>8.1f} "
-            f"{r.p99_ms:>8.1f} {r.rps_ratio:>8.2f} {r.p50_ratio:>8.2f} {r.p99_ratio:>8.2f}"
+            f"{r.p99_ms:>8.1f} {r.rps_ratio:>8.3f} {r.p50_ratio:>8.1f} {r.p99_ratio:>8.1f}"
         )
     print()
     for name, goal in goals.items():
         if goal["met"] is None:
             verdict = "not measured"
         else:
-            verdict = f"{goal['value']:.2f}: {'met' if goal['met'] else 'NOT met'}"
+            verdict = f"{goal['value']:.3f}: {'met' if goal['met'] else 'NOT met'}"
         print(f"target {name}: {verdict}")
     for note in notes:
         print(f"note: {note}")

@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py --deals 30000
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_api.py
 
 clean:
 	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png .pytest_cache .mypy_cache

@@ -1,0 +1,272 @@
+"""What the Bayesian layer learns from: past quarters' pipelines at the same point of the quarter.
+
+For a forecast as of ``as_of`` (``d`` days into its quarter), each of the previous quarters is
+rebuilt as it stood ``d`` days into it, its open deals scored by a scorer fitted before that
+quarter began (one scorer per quarter, so history is scored exactly as the forecast is), and
+labelled with what was known at ``as_of``:
+
+- ``WON_IN_QUARTER``: closed won within that quarter (the quarter ended before ``as_of``);
+- ``WON_LATER``: won after it, by ``as_of``; ``LOST``: lost by ``as_of``;
+- ``UNRESOLVED``: still open at ``as_of`` (we only know it did not win within the quarter).
+
+Beside the deals: new business (deals created after the quarter's rebuild date that closed won
+within it; their number, how many were created, their amounts) and discounts (amount won over
+amount at rebuild time for the deals won within the quarter). Nothing decided after ``as_of`` is
+read: every label checks ``closed_at <= as_of``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.data.calendar import previous_quarter, quarter_bounds, quarter_of
+from features.data.schema import CanonicalTables, Outcome
+from features.data.stages import StageConfig
+from features.errors import NotEnoughDataError
+from features.signals.pointintime import deal_states_as_of
+from forecasting.scoring import Scorer, ScorerFactory
+
+WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED = 0, 1, 2, 3
+# Probabilities are clipped before the logit so a 0 or 1 from a scorer stays finite.
+P_CLIP = 1e-4
+HISTORY_QUARTERS = 6
+MIN_HISTORY_QUARTERS = 2
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), P_CLIP, 1 - P_CLIP)
+    return np.log(q / (1 - q))
+
+
+def deal_features(scored: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(logit P(win), logit P(close this quarter | win)) of scored deals."""
+    p_win = np.clip(scored["p_win"].to_numpy(dtype=np.float64), P_CLIP, 1 - P_CLIP)
+    p_q = np.clip(scored["p_won_this_quarter"].to_numpy(dtype=np.float64), 0.0, p_win)
+    return logit(p_win), logit(p_q / p_win)
+
+
+def rebuild_date(quarter: str, offset: pd.Timedelta) -> pd.Timestamp:
+    """The instant ``offset`` into ``quarter`` (capped at its end)."""
+    start, end = quarter_bounds(quarter)
+    return min(start + offset, end)
+
+
+def scorer_cutoff(quarter: str) -> pd.Timestamp:
+    """Scorers for a quarter are fitted on what was known the instant before it began."""
+    return quarter_bounds(quarter)[0] - pd.Timedelta(microseconds=1)
+
+
+class ScorerCache:
+    """One scorer per quarter (fitted before it began), fitted once and reused."""
+
+    def __init__(self, factory: ScorerFactory) -> None:
+        self.factory = factory
+        self._fitted: dict[str, Scorer | None] = {}
+        self.cutoffs: list[pd.Timestamp] = []
+
+    def for_quarter(
+        self, tables: CanonicalTables, stages: StageConfig, quarter: str
+    ) -> Scorer | None:
+        """The quarter's scorer, or None when too little had closed before it to fit one."""
+        if quarter not in self._fitted:
+            cutoff = scorer_cutoff(quarter)
+            self.cutoffs.append(cutoff)
+            try:
+                self._fitted[quarter] = self.factory(tables, stages, cutoff)
+            except NotEnoughDataError:
+                self._fitted[quarter] = None
+        return self._fitted[quarter]
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Arrays the Bayesian model is fitted on (levels are the names behind the indices)."""
+
+    as_of: pd.Timestamp
+    quarters: list[str]
+    teams: list[str]
+    segments: list[str]
+    stages: list[str]
+    # deal rows: identical (scores, team, segment, quarter) aggregated, counts per outcome
+    x_win: np.ndarray
+    x_time: np.ndarray
+    team: np.ndarray
+    segment: np.ndarray
+    quarter: np.ndarray
+    weight: np.ndarray  # (rows, 4): how many deals of the row ended in each outcome code
+    # discounts: log(amount won / amount at rebuild) of deals won within their quarter
+    disc_stage: np.ndarray
+    disc_log_ratio: np.ndarray
+    # new business per history quarter
+    nb_days: np.ndarray
+    nb_created: np.ndarray
+    nb_won: np.ndarray
+    nb_qoy: np.ndarray
+    nb_log_amount: np.ndarray
+    # share of new-business revenue per team and per owner over the history quarters
+    nb_share: dict[str, dict[str, float]] = field(default_factory=dict)
+    meta: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shape_key(self) -> tuple[int, int, int, int]:
+        """Sizes of the model's parameters: a compiled model is reusable for equal keys."""
+        return len(self.quarters), len(self.teams), len(self.segments), len(self.stages)
+
+
+@dataclass(frozen=True)
+class _Quarter:
+    name: str
+    deals: pd.DataFrame  # scored open deals with outcome codes and final amounts
+    created: int
+    won_new: pd.DataFrame  # new deals won within the quarter: owner, team, amount
+    days_left: float
+
+
+def _history_quarter(
+    tables: CanonicalTables,
+    stages: StageConfig,
+    quarter: str,
+    offset: pd.Timedelta,
+    as_of: pd.Timestamp,
+    scorer: Scorer,
+) -> _Quarter:
+    at = rebuild_date(quarter, offset)
+    q_end = quarter_bounds(quarter)[1]
+    scored = scorer.score(tables, stages, at).reset_index(drop=True)
+    deals = tables.deals.set_index("deal_id")
+    closed = pd.to_datetime(deals["closed_at"]).reindex(scored["deal_id"]).to_numpy()
+    outcome = deals["outcome"].reindex(scored["deal_id"]).to_numpy()
+    known = closed <= as_of.to_datetime64()
+    won = known & (outcome == Outcome.WON.value)
+    code = np.full(len(scored), UNRESOLVED)
+    code[known & ~won] = LOST
+    code[won] = WON_LATER
+    code[won & (closed <= q_end.to_datetime64())] = WON_IN_QUARTER
+    # Amounts as of the quarter's end: the amount each deal won at (q_end is before as_of).
+    end_states = deal_states_as_of(tables, q_end, stages)
+    final = end_states.set_index("deal_id")["amount"]
+    scored["outcome_code"] = code
+    scored["amount_won"] = final.reindex(scored["deal_id"]).to_numpy()
+    created = pd.to_datetime(end_states["created_at"])
+    new = end_states[created > at]
+    won_new = new[(new["outcome"] == Outcome.WON.value) & (new["closed_at"] <= q_end)]
+    return _Quarter(
+        name=quarter,
+        deals=scored,
+        created=len(new),
+        won_new=won_new[["owner", "team", "amount"]].fillna({"amount": 0.0}),
+        days_left=max((q_end - at).total_seconds() / 86400.0, 0.0),
+    )
+
+
+def history_quarters(as_of: pd.Timestamp, n: int = HISTORY_QUARTERS) -> list[str]:
+    """The ``n`` quarters before ``as_of``'s quarter, oldest first."""
+    out: list[str] = []
+    q = quarter_of(as_of)
+    for _ in range(n):
+        q = previous_quarter(q)
+        out.append(q)
+    return out[::-1]
+
+
+def build_fit_data(
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    scorers: ScorerCache,
+    *,
+    n_quarters: int = HISTORY_QUARTERS,
+    progress: Callable[[int, int], None] | None = None,
+) -> FitData:
+    """Past pipelines at ``as_of``'s point of the quarter, scored and labelled as of ``as_of``."""
+    as_of = pd.Timestamp(as_of)
+    offset = as_of - quarter_bounds(quarter_of(as_of))[0]
+    first_created = pd.to_datetime(tables.deals["created_at"]).min()
+    parts: list[_Quarter] = []
+    candidates = history_quarters(as_of, n_quarters)
+    for i, q in enumerate(candidates):
+        if progress is not None:
+            progress(i, len(candidates))
+        if quarter_bounds(q)[0] < first_created:
+            continue
+        scorer = scorers.for_quarter(tables, stages, q)
+        if scorer is None:
+            continue
+        parts.append(_history_quarter(tables, stages, q, offset, as_of, scorer))
+    if len(parts) < MIN_HISTORY_QUARTERS:
+        raise NotEnoughDataError(
+            f"only {len(parts)} past quarters before {as_of:%Y-%m-%d} can be scored; the "
+            f"forecast model needs at least {MIN_HISTORY_QUARTERS} (more history, or an "
+            "earlier data start)"
+        )
+    return _assemble(as_of, parts, stages)
+
+
+def _levels(values: pd.Series) -> list[str]:
+    return sorted({str(v) for v in values.dropna()})
+
+
+def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -> FitData:
+    deals = pd.concat(
+        [p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True
+    )
+    teams, segments = _levels(deals["team"]), _levels(deals["segment"])
+    stage_keys = stages.open_keys
+    x_win, x_time = deal_features(deals)
+    rows = pd.DataFrame(
+        {
+            "x_win": np.round(x_win, 3),
+            "x_time": np.round(x_time, 3),
+            "team": _index(deals["team"], teams),
+            "segment": _index(deals["segment"], segments),
+            "quarter": deals["q_idx"].to_numpy(),
+        }
+    )
+    counts = pd.get_dummies(deals["outcome_code"]).reindex(
+        columns=[WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED], fill_value=0
+    )
+    keys = list(rows.columns)
+    agg = pd.concat([rows, counts.astype(np.float64)], axis=1).groupby(keys, sort=False).sum()
+    agg = agg.reset_index()
+    won_q = deals[(deals["outcome_code"] == WON_IN_QUARTER)]
+    ratio = won_q["amount_won"] / won_q["amount"]
+    new = pd.concat([p.won_new for p in parts], ignore_index=True)
+    total_new = float(new["amount"].sum())
+    nb_share = {
+        scope: {str(k): float(v) / total_new for k, v in new.groupby(scope)["amount"].sum().items()}
+        if total_new > 0
+        else {}
+        for scope in ("team", "owner")
+    }
+    ok = np.isfinite(ratio) & (ratio > 0) & won_q["stage"].isin(stage_keys)
+    return FitData(
+        as_of=as_of,
+        quarters=[p.name for p in parts],
+        teams=teams,
+        segments=segments,
+        stages=stage_keys,
+        x_win=agg["x_win"].to_numpy(np.float64),
+        x_time=agg["x_time"].to_numpy(np.float64),
+        team=agg["team"].to_numpy(np.int64),
+        segment=agg["segment"].to_numpy(np.int64),
+        quarter=agg["quarter"].to_numpy(np.int64),
+        weight=agg[[WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED]].to_numpy(np.float64),
+        disc_stage=_index(won_q.loc[ok, "stage"], stage_keys),
+        disc_log_ratio=np.log(ratio[ok].to_numpy(np.float64)),
+        nb_days=np.array([p.days_left for p in parts], dtype=np.float64),
+        nb_created=np.array([p.created for p in parts], dtype=np.int64),
+        nb_won=np.array([len(p.won_new) for p in parts], dtype=np.int64),
+        nb_qoy=np.array([int(p.name[5]) - 1 for p in parts], dtype=np.int64),
+        nb_log_amount=np.log(new["amount"].to_numpy(np.float64).clip(min=1.0)),
+        nb_share=nb_share,
+        meta={"deal_rows": float(len(deals)), "aggregated_rows": float(len(agg))},
+    )
+
+
+def _index(values: pd.Series, levels: list[str]) -> np.ndarray:
+    """Index of each value in ``levels``; -1 for a level not seen (missing or new)."""
+    return pd.Index(levels).get_indexer(values.astype("object").where(values.notna(), None))

@@ -31,6 +31,8 @@ from forecasting.scoring import ScorerFactory
 from forecasting.simulate import SimOptions
 
 DISTRIBUTIONS = ("pipecast", "independent_stage_sim")
+# pipecast's model simulated without the quarter effect and parameter uncertainty (--ablation)
+ABLATED = "pipecast_no_quarter_effect"
 PINBALL_LEVELS = (0.1, 0.5, 0.9)
 Progress = Callable[[int, int, str], None]
 
@@ -107,10 +109,10 @@ def _ape(point: float | None, obs: float) -> float | None:
 def score_forecast(fc: Forecast, week: int, obs: float) -> list[BacktestRow]:
     """One row per method of one forecast."""
     rows = []
-    for method, values in (
-        ("pipecast", fc.scenarios),
-        ("independent_stage_sim", fc.independent_scenarios),
-    ):
+    dists = [("pipecast", fc.scenarios), ("independent_stage_sim", fc.independent_scenarios)]
+    if fc.ablated_scenarios is not None:
+        dists.append((ABLATED, fc.ablated_scenarios))
+    for method, values in dists:
         p10, p50, p90 = (float(v) for v in np.quantile(values, (0.1, 0.5, 0.9)))
         rows.append(
             BacktestRow(
@@ -132,8 +134,11 @@ def score_forecast(fc: Forecast, week: int, obs: float) -> list[BacktestRow]:
 def summarise(rows: list[BacktestRow]) -> dict[str, Any]:
     frame = pd.DataFrame([r.__dict__ for r in rows])
     methods = [*DISTRIBUTIONS, *RULES]
+    if (frame["method"] == ABLATED).any():
+        methods.append(ABLATED)
     pc = frame[frame["method"] == "pipecast"]
     ind = frame[frame["method"] == "independent_stage_sim"]
+    abl = frame[frame["method"] == ABLATED]
     mape: dict[str, dict[str, float | None]] = {}
     for week, group in frame.groupby("week"):
         mape[str(week)] = {
@@ -146,6 +151,7 @@ def summarise(rows: list[BacktestRow]) -> dict[str, Any]:
         "quarter_weeks": len(pc),
         "coverage_p10_p90": _mean(pc["covered"].astype(float)),
         "coverage_p10_p90_independent": _mean(ind["covered"].astype(float)),
+        "coverage_p10_p90_no_quarter_effect": _mean(abl["covered"].astype(float)),
         "median_abs_pct_error": mape,
         "mean_crps": crps,
         "mean_pinball": {m: _mean(frame.loc[frame["method"] == m, "pinball"]) for m in methods},
@@ -175,6 +181,7 @@ def run_backtest(
     config: ModelConfig | None = None,
     options: SimOptions | None = None,
     progress: Progress | None = None,
+    ablation: bool = False,
 ) -> BacktestResult:
     """Forecast each quarter at each week with models fitted strictly before, and score."""
     end = data_end(tables)
@@ -199,7 +206,9 @@ def run_backtest(
         for week in weeks:
             if progress is not None:
                 progress(done, total, f"{quarter} week {week}")
-            fc = run_forecast(engine, week_as_of(quarter, week), with_actual=False)
+            fc = run_forecast(
+                engine, week_as_of(quarter, week), with_actual=False, ablation=ablation
+            )
             forecasts.append(fc)
             rows.extend(score_forecast(fc, week, obs))
             done += 1

@@ -10,6 +10,7 @@ in time when they win (the slipping deals pulled in).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,11 +80,18 @@ class Forecast:
     top_deals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     scenarios: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     independent_scenarios: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    # the same model simulated without the quarter effect and parameter uncertainty
+    ablated_scenarios: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = jsonable(self)
-        out.pop("scenarios", None)
-        out.pop("independent_scenarios", None)
+        out: dict[str, Any] = jsonable(
+            dataclasses.replace(
+                self, scenarios=np.zeros(0), independent_scenarios=np.zeros(0),
+                ablated_scenarios=None,
+            )
+        )  # fmt: skip
+        for key in ("scenarios", "independent_scenarios", "ablated_scenarios"):
+            out.pop(key, None)
         return out
 
 
@@ -215,6 +223,7 @@ def run_forecast(
     explain: bool = False,
     fitted: tuple[FittedForecastModel, dict[str, Any]] | None = None,
     with_actual: bool = True,
+    ablation: bool = False,
 ) -> Forecast:
     """Forecast ``as_of``'s quarter for a scope with every method (see module docstring)."""
     tables, stages = engine.tables, engine.stages
@@ -278,10 +287,16 @@ def run_forecast(
         scenarios=values,
         independent_scenarios=indep,
     )
+    if ablation:
+        plain = dataclasses.replace(
+            engine.options, quarter_effect=False, parameter_uncertainty=False
+        )
+        ablated = simulate(post, deals, won_so_far=won, new_business=nb, options=plain)
+        result = dataclasses.replace(result, ablated_scenarios=_scope_column(ablated, team, owner))
     if not explain:
         return result
-    pull = (pd.to_datetime(deals["expected_close_date"]) <= q_end).fillna(True).to_numpy()
-    pull &= scope_deals
+    ecd_all = pd.to_datetime(deals["expected_close_date"])
+    pull = ((ecd_all <= q_end) | ecd_all.isna()).to_numpy(dtype=bool) & scope_deals
     pulled = simulate(post, deals, won_so_far=won, new_business=nb, options=engine.options,
                       pull_in=pull)
     scope_top = top_deals_by_owner(deals[scope_deals].reset_index(drop=True),
@@ -296,8 +311,6 @@ def run_forecast(
 
 
 def _subset(sim: SimResult, keep: np.ndarray) -> SimResult:
-    import dataclasses
-
     return dataclasses.replace(
         sim,
         p_won_in_quarter=sim.p_won_in_quarter[keep],
@@ -306,6 +319,4 @@ def _subset(sim: SimResult, keep: np.ndarray) -> SimResult:
 
 
 def _replace(result: Forecast, **changes: Any) -> Forecast:
-    import dataclasses
-
     return dataclasses.replace(result, **changes)

@@ -148,11 +148,13 @@ def summary(db: DbOption = DEFAULT_DB, stages: StagesOption = None) -> None:
 
 
 def _register_commands() -> None:
+    from serving.cli import forecast as cli_forecast
     from serving.cli import pipeline as cli_pipeline
     from serving.cli import signals as cli_signals
 
     cli_signals.register(app)
     cli_pipeline.register(app)
+    cli_forecast.register(app)
 
 
 _register_commands()

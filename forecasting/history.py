@@ -17,6 +17,7 @@ read: every label checks ``closed_at <= as_of``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,12 +62,14 @@ def scorer_cutoff(quarter: str) -> pd.Timestamp:
 
 
 class ScorerCache:
-    """One scorer per quarter (fitted before it began), fitted once and reused."""
+    """One scorer per quarter (fitted before it began), fitted once and reused; and the past
+    pipelines it scored, which do not depend on the forecast date (only their labels do)."""
 
     def __init__(self, factory: ScorerFactory) -> None:
         self.factory = factory
         self._fitted: dict[str, Scorer | None] = {}
         self.cutoffs: list[pd.Timestamp] = []
+        self.rebuilt: dict[tuple[str, pd.Timedelta], _Quarter] = {}
 
     def for_quarter(
         self, tables: CanonicalTables, stages: StageConfig, quarter: str
@@ -120,47 +123,59 @@ class FitData:
 @dataclass(frozen=True)
 class _Quarter:
     name: str
-    deals: pd.DataFrame  # scored open deals with outcome codes and final amounts
+    end: pd.Timestamp
+    deals: pd.DataFrame  # scored open deals with their final amounts, closed_at and outcome
     created: int
     won_new: pd.DataFrame  # new deals won within the quarter: owner, team, amount
     days_left: float
 
 
-def _history_quarter(
+def _rebuild_quarter(
     tables: CanonicalTables,
     stages: StageConfig,
     quarter: str,
     offset: pd.Timedelta,
-    as_of: pd.Timestamp,
     scorer: Scorer,
 ) -> _Quarter:
+    """A past quarter's pipeline ``offset`` into it, scored; outcomes are attached raw and only
+    turned into labels by :func:`_labelled` for a given forecast date."""
     at = rebuild_date(quarter, offset)
     q_end = quarter_bounds(quarter)[1]
     scored = scorer.score(tables, stages, at).reset_index(drop=True)
     deals = tables.deals.set_index("deal_id")
-    closed = pd.to_datetime(deals["closed_at"]).reindex(scored["deal_id"]).to_numpy()
-    outcome = deals["outcome"].reindex(scored["deal_id"]).to_numpy()
-    known = closed <= as_of.to_datetime64()
-    won = known & (outcome == Outcome.WON.value)
-    code = np.full(len(scored), UNRESOLVED)
-    code[known & ~won] = LOST
-    code[won] = WON_LATER
-    code[won & (closed <= q_end.to_datetime64())] = WON_IN_QUARTER
+    scored["_closed_at"] = pd.to_datetime(deals["closed_at"]).reindex(scored["deal_id"]).to_numpy()
+    scored["_outcome"] = deals["outcome"].reindex(scored["deal_id"]).to_numpy()
     # Amounts as of the quarter's end: the amount each deal won at (q_end is before as_of).
     end_states = deal_states_as_of(tables, q_end, stages)
     final = end_states.set_index("deal_id")["amount"]
-    scored["outcome_code"] = code
     scored["amount_won"] = final.reindex(scored["deal_id"]).to_numpy()
     created = pd.to_datetime(end_states["created_at"])
     new = end_states[created > at]
     won_new = new[(new["outcome"] == Outcome.WON.value) & (new["closed_at"] <= q_end)]
     return _Quarter(
         name=quarter,
+        end=q_end,
         deals=scored,
         created=len(new),
         won_new=won_new[["owner", "team", "amount"]].fillna({"amount": 0.0}),
         days_left=max((q_end - at).total_seconds() / 86400.0, 0.0),
     )
+
+
+def _labelled(part: _Quarter, as_of: pd.Timestamp) -> _Quarter:
+    """The quarter's deals with outcome codes as known at ``as_of`` (after the quarter ended)."""
+    if part.end >= as_of:
+        raise ValueError(f"{part.name} has not ended by {as_of}: its outcomes are not known")
+    closed = part.deals["_closed_at"].to_numpy()
+    outcome = part.deals["_outcome"].to_numpy()
+    known = closed <= as_of.to_datetime64()  # NaT compares False: still open
+    won = known & (outcome == Outcome.WON.value)
+    code = np.full(len(closed), UNRESOLVED)
+    code[known & ~won] = LOST
+    code[won] = WON_LATER
+    code[won & (closed <= part.end.to_datetime64())] = WON_IN_QUARTER
+    deals = part.deals.drop(columns=["_closed_at", "_outcome"]).assign(outcome_code=code)
+    return dataclasses.replace(part, deals=deals)
 
 
 def history_quarters(as_of: pd.Timestamp, n: int = HISTORY_QUARTERS) -> list[str]:
@@ -196,7 +211,10 @@ def build_fit_data(
         scorer = scorers.for_quarter(tables, stages, q)
         if scorer is None:
             continue
-        parts.append(_history_quarter(tables, stages, q, offset, as_of, scorer))
+        key = (q, offset)
+        if key not in scorers.rebuilt:
+            scorers.rebuilt[key] = _rebuild_quarter(tables, stages, q, offset, scorer)
+        parts.append(_labelled(scorers.rebuilt[key], as_of))
     if len(parts) < MIN_HISTORY_QUARTERS:
         raise NotEnoughDataError(
             f"only {len(parts)} past quarters before {as_of:%Y-%m-%d} can be scored; the "

@@ -10,6 +10,7 @@ P10, P50, P90) and whether P10-P90 held the actual. A point forecast's CRPS is i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,9 @@ def quarter_range(spec: str) -> list[str]:
     """``2024Q1..2025Q3`` -> every quarter from the first to the last (or one quarter)."""
     first, _, last = spec.partition("..")
     last = last or first
+    for part in (first, last):
+        if not re.fullmatch(r"\d{4}Q[1-4]", part.strip()):
+            raise InputError(f"--quarters: {part!r} is not a quarter like 2025Q1 (use A..B)")
     try:
         periods = pd.period_range(pd.Period(first, "Q"), pd.Period(last, "Q"), freq="Q")
     except ValueError as err:

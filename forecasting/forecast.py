@@ -314,7 +314,6 @@ def _subset(sim: SimResult, keep: np.ndarray) -> SimResult:
     return dataclasses.replace(
         sim,
         p_won_in_quarter=sim.p_won_in_quarter[keep],
-        expected_revenue=sim.expected_revenue[keep],
     )
 
 

@@ -60,7 +60,7 @@ class SimOptions:
     seed: int = 0
     quarter_effect: bool = True
     parameter_uncertainty: bool = True
-    chunk_elements: int = 1 << 20
+    chunk_elements: int = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,6 @@ class SimResult:
     teams: pd.DataFrame  # (S, teams)
     owners: pd.DataFrame  # (S, owners)
     p_won_in_quarter: np.ndarray  # (N,) share of scenarios each deal was won this quarter
-    expected_revenue: np.ndarray  # (N,) mean revenue each deal brought this quarter
     tracked: np.ndarray  # (S, len(track)) won-this-quarter of the tracked deals
     new_business: np.ndarray  # (S,)
     won_so_far: float
@@ -87,37 +86,46 @@ def _level_effects(
     effects: np.ndarray,  # (D, L)
     sd: np.ndarray,  # (D,)
 ) -> np.ndarray:
-    """(D, N) effect of each deal's level; a level unseen in history gets a fresh draw."""
+    """(D, N) float32 effect of each deal's level; a level unseen in history (a new team) gets
+    a fresh draw from the population spread, shared by its deals."""
     idx = pd.Index(levels).get_indexer(values.astype("object"))
-    out = np.zeros((effects.shape[0], len(values)))
-    seen = idx >= 0
-    out[:, seen] = effects[:, idx[seen]]
-    unseen = pd.unique(values[~seen].dropna())
-    for name in unseen:  # a handful of new teams at most, never a loop over deals
-        cols = (values == name).to_numpy()
-        out[:, cols] = (rng.standard_normal(len(sd)) * sd)[:, None]
-    return out
+    unseen = pd.unique(values[idx < 0].dropna())
+    extra = rng.standard_normal((len(sd), len(unseen))) * sd[:, None]
+    # columns: the known levels, the unseen ones, then a zero for a missing value
+    table = np.concatenate([effects, extra, np.zeros((len(sd), 1))], axis=1).astype(F32)
+    pos = np.where(idx >= 0, idx, len(levels) + len(unseen))
+    if len(unseen):
+        new = pd.Index(unseen).get_indexer(values.astype("object"))
+        pos = np.where((idx < 0) & (new >= 0), len(levels) + new, pos)
+    return np.take(table, pos, axis=1)
 
 
 def _deal_terms(
     post: Posterior, deals: pd.DataFrame, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per draw and deal: A = e^-eta_w, B = e^-eta_t and the amount if won (float32)."""
+    """Per draw and deal (float32): A = e^-eta_w, B = e^-eta_t and the amount if won."""
     dr, lv = post.draws, post.levels
-    x_win, x_time = deal_features(deals)
-    eta_w = dr["a_w"][:, None] + dr["b_w"][:, None] * x_win[None, :]
+    x_win, x_time = (x.astype(F32) for x in deal_features(deals))
+    col = (lambda v: np.asarray(v, dtype=F32)[:, None])  # noqa: E731
+    eta_w = col(dr["a_w"]) + col(dr["b_w"]) * x_win[None, :]
     eta_w += _level_effects(rng, deals["team"], lv["teams"], dr["team_w"], dr["sd_team_w"])
     eta_w += _level_effects(rng, deals["segment"], lv["segments"], dr["seg_w"], dr["sd_seg_w"])
-    eta_t = dr["a_t"][:, None] + dr["b_t"][:, None] * x_time[None, :]
+    eta_t = col(dr["a_t"]) + col(dr["b_t"]) * x_time[None, :]
     stage = pd.Index(lv["stages"]).get_indexer(deals["stage"].astype("object"))
-    # Unknown stage: the discount of the stages pooled (the mean of their parameters).
-    mu = np.where(stage >= 0, dr["disc_mu"][:, stage], dr["disc_mu"].mean(axis=1)[:, None])
-    sd = np.where(stage >= 0, dr["disc_sd"][:, stage], dr["disc_sd"].mean(axis=1)[:, None])
-    eps = rng.standard_normal(mu.shape)
-    amount = deals["amount"].fillna(0.0).to_numpy(np.float64)[None, :] * np.exp(mu + sd * eps)
-    a = np.exp(-np.clip(eta_w, -30, 30)).astype(F32)
-    b = np.exp(-np.clip(eta_t, -30, 30)).astype(F32)
-    return a, b, amount.astype(F32)
+    # Unknown stage: the stages' discount parameters pooled (their mean).
+    mu_tab = np.concatenate([dr["disc_mu"], dr["disc_mu"].mean(axis=1, keepdims=True)], axis=1)
+    sd_tab = np.concatenate([dr["disc_sd"], dr["disc_sd"].mean(axis=1, keepdims=True)], axis=1)
+    pos = np.where(stage >= 0, stage, len(lv["stages"]))
+    mult = rng.standard_normal((post.n, len(deals)), dtype=F32)
+    mult *= np.take(sd_tab.astype(F32), pos, axis=1)
+    mult += np.take(mu_tab.astype(F32), pos, axis=1)
+    np.exp(mult, out=mult)
+    mult *= deals["amount"].fillna(0.0).to_numpy(F32)[None, :]
+    for eta in (eta_w, eta_t):
+        np.clip(eta, -30, 30, out=eta)
+        np.negative(eta, out=eta)
+        np.exp(eta, out=eta)
+    return eta_w, eta_t, mult
 
 
 def _new_business(
@@ -183,10 +191,13 @@ def simulate(
     draws_per_chunk = max(1, options.chunk_elements // max(per_draw * max(n, 1), 1))
     sd_w, sd_t = post.draws["sd_quarter_w"], post.draws["sd_quarter_t"]
 
+    # Layout (draw, scenario, deal): deals are the long, contiguous inner axis of every pass
+    # (numpy broadcasting over a short inner axis is slow); rep totals are sums of contiguous
+    # runs of deals (sorted by rep). Every pass is in place, in float32.
     by_owner = np.zeros((n_draws * per_draw, len(owner_names)), dtype=np.float64)
-    wins_count = np.zeros(n, dtype=np.float64)
-    revenue_sum = np.zeros(n, dtype=np.float64)
+    wins_count = np.zeros(n, dtype=np.int64)
     tracked = np.zeros((n_draws * per_draw, len(tracked_pos)), dtype=bool)
+    tmp = np.empty((draws_per_chunk, per_draw, n), dtype=F32)
     for d0 in range(0, n_draws, draws_per_chunk):
         d1 = min(d0 + draws_per_chunk, n_draws)
         c = d1 - d0
@@ -196,16 +207,20 @@ def simulate(
         else:
             eu = ev = np.ones((c, per_draw), dtype=F32)
         u = rng.random((c, per_draw, n), dtype=F32)
-        u *= a[d0:d1, None, :] * eu[:, :, None] + 1.0
-        u *= b[d0:d1, None, :] * ev[:, :, None] + 1.0
+        t = tmp[:c]
+        np.multiply(a[d0:d1, None, :], eu[:, :, None], out=t)
+        t += 1.0
+        u *= t
+        np.multiply(b[d0:d1, None, :], ev[:, :, None], out=t)
+        t += 1.0
+        u *= t
         won = u < 1.0
-        rev = np.where(won, amount[d0:d1, None, :], F32(0.0)).reshape(c * per_draw, n)
+        np.multiply(amount[d0:d1, None, :], won, out=u)
         rows = slice(d0 * per_draw, d1 * per_draw)
-        if n:
-            by_owner[rows] = np.add.reduceat(rev, starts, axis=1)
         flat_won = won.reshape(c * per_draw, n)
-        wins_count += flat_won.sum(axis=0)
-        revenue_sum += rev.sum(axis=0, dtype=np.float64)
+        if n:
+            by_owner[rows] = np.add.reduceat(u.reshape(c * per_draw, n), starts, axis=1)
+            wins_count += flat_won.view(np.uint8).sum(axis=0, dtype=np.int64)
         tracked[rows] = flat_won[:, tracked_pos]
     s_done = n_draws * per_draw
     draw_of = np.repeat(np.arange(n_draws), per_draw)
@@ -230,7 +245,6 @@ def simulate(
         teams=teams_df.iloc[:s_total].reset_index(drop=True),
         owners=owners_df.iloc[:s_total].reset_index(drop=True),
         p_won_in_quarter=(wins_count / s_done)[inverse],
-        expected_revenue=(revenue_sum / s_done)[inverse],
         tracked=tracked[:s_total],
         new_business=nb[:s_total],
         won_so_far=won_total,

@@ -57,8 +57,9 @@ def bench_simulator(n_deals: int, n_scenarios: int) -> dict[str, float]:
             "owner": [f"rep{i % 140}" for i in range(n_deals)],
             "team": [teams[i % 20] for i in range(n_deals)],
             "segment": rng.choice(["SMB", "Mid-Market", "Enterprise"], n_deals),
-            "stage": rng.choice(["qualification", "needs_analysis", "proposal", "negotiation"],
-                                n_deals),  # fmt: skip
+            "stage": rng.choice(
+                ["qualification", "needs_analysis", "proposal", "negotiation"], n_deals
+            ),
             "amount": rng.lognormal(11.5, 1.0, n_deals),
             "p_win": p_win,
             "p_won_this_quarter": p_win * rng.uniform(0.05, 0.9, n_deals),
@@ -141,7 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--open-deals", type=int, default=10_000)
     parser.add_argument("--scenarios", type=int, default=10_000)
-    parser.add_argument("--deals", type=int, default=20_000, help="generated deals for fit/backtest")
+    parser.add_argument(
+        "--deals", type=int, default=20_000, help="generated deals for fit/backtest"
+    )
     parser.add_argument("--quarters", type=int, default=8)
     parser.add_argument("--no-fit", action="store_true")
     parser.add_argument("--no-backtest", action="store_true")
@@ -158,9 +161,12 @@ def main() -> None:
               f"{f['ratio_first_to_reused']:.1f}x", flush=True)  # fmt: skip
     if not args.no_backtest:
         b = out["backtest"] = bench_backtest(args.deals, args.quarters)
-        print(f"backtest {b['quarter_weeks']:.0f} quarter-weeks on {args.deals:,} deals: "
-              f"{b['backtest_s']:.0f}s; one forecast (with fits and compile) "
-              f"{b['one_forecast_s']:.0f}s; ratio {b['ratio_to_one_forecast']:.1f}x", flush=True)
+        print(
+            f"backtest {b['quarter_weeks']:.0f} quarter-weeks on {args.deals:,} deals: "
+            f"{b['backtest_s']:.0f}s; one forecast (with fits and compile) "
+            f"{b['one_forecast_s']:.0f}s; ratio {b['ratio_to_one_forecast']:.1f}x",
+            flush=True,
+        )
     print(json.dumps(out))
 
 

@@ -101,7 +101,9 @@ def _pinball(values: np.ndarray, obs: float) -> float:
     import scoringrules as sr
 
     qs = np.quantile(values, PINBALL_LEVELS)
-    return float(np.mean([sr.quantile_score(obs, q, a) for q, a in zip(qs, PINBALL_LEVELS, strict=True)]))
+    return float(
+        np.mean([sr.quantile_score(obs, q, a) for q, a in zip(qs, PINBALL_LEVELS, strict=True)])
+    )
 
 
 def _ape(point: float | None, obs: float) -> float | None:
@@ -159,10 +161,13 @@ def summarise(rows: list[BacktestRow]) -> dict[str, Any]:
         "median_abs_pct_error": mape,
         "mean_crps": crps,
         "mean_pinball": {m: _mean(frame.loc[frame["method"] == m, "pinball"]) for m in methods},
-        "crps_vs_independent": None
-        if not crps.get("independent_stage_sim")
-        else (crps["pipecast"] or 0.0) / crps["independent_stage_sim"] - 1.0,
+        "crps_vs_independent": _relative(crps.get("pipecast"), crps.get("independent_stage_sim")),
     }
+
+
+def _relative(a: float | None, b: float | None) -> float | None:
+    """a / b - 1 (how much lower or higher a is than b)."""
+    return None if a is None or not b else a / b - 1.0
 
 
 def _median(s: pd.Series) -> float | None:

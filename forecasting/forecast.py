@@ -249,7 +249,9 @@ def run_forecast(
     stake = deals["amount"].fillna(0.0).to_numpy() * np.sqrt(p * (1 - p)) * scope_deals
     track = np.argsort(-stake)[: DRIVER_CANDIDATES if explain else 0]
     track = track[stake[track] > 0]
-    sim = simulate(post, deals, won_so_far=won, new_business=nb, options=engine.options, track=track)
+    sim = simulate(
+        post, deals, won_so_far=won, new_business=nb, options=engine.options, track=track
+    )
     values = _scope_column(sim, team, owner)
 
     metrics = compute_metrics(tables, stages, as_of, team=team, owner=owner)
@@ -297,10 +299,12 @@ def run_forecast(
         return result
     ecd_all = pd.to_datetime(deals["expected_close_date"])
     pull = ((ecd_all <= q_end) | ecd_all.isna()).to_numpy(dtype=bool) & scope_deals
-    pulled = simulate(post, deals, won_so_far=won, new_business=nb, options=engine.options,
-                      pull_in=pull)
-    scope_top = top_deals_by_owner(deals[scope_deals].reset_index(drop=True),
-                                   _subset(sim, scope_deals))
+    pulled = simulate(
+        post, deals, won_so_far=won, new_business=nb, options=engine.options, pull_in=pull
+    )
+    scope_top = top_deals_by_owner(
+        deals[scope_deals].reset_index(drop=True), _subset(sim, scope_deals)
+    )
     return _replace(
         result,
         drivers=_drivers(deals, sim, values, track),

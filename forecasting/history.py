@@ -229,9 +229,7 @@ def _levels(values: pd.Series) -> list[str]:
 
 
 def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -> FitData:
-    deals = pd.concat(
-        [p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True
-    )
+    deals = pd.concat([p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True)
     teams, segments = _levels(deals["team"]), _levels(deals["segment"])
     stage_keys = stages.open_keys
     x_win, x_time = deal_features(deals)
@@ -287,4 +285,4 @@ def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -
 
 def _index(values: pd.Series, levels: list[str]) -> np.ndarray:
     """Index of each value in ``levels``; -1 for a level not seen (missing or new)."""
-    return pd.Index(levels).get_indexer(values.astype("object").where(values.notna(), None))
+    return pd.Index(levels).get_indexer(pd.Index(values.astype("object")))

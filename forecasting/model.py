@@ -158,7 +158,9 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
         sd_r = pm.HalfNormal("sd_nb_win", 0.5)
         z_r = pm.Normal("z_nb_win", 0.0, 1.0, dims="quarter")
         pm.Binomial(
-            "nb_wins", n=d["nb_created"], p=pm.math.sigmoid(a_r + sd_r * z_r),
+            "nb_wins",
+            n=d["nb_created"],
+            p=pm.math.sigmoid(a_r + sd_r * z_r),
             observed=d["nb_won"],
         )
         mu_a = pm.Normal("nb_amount_mu", 11.0, 3.0)
@@ -255,7 +257,7 @@ class FittedForecastModel:
 
     def draws(self) -> dict[str, np.ndarray]:
         """Each parameter's draws, chains stacked: shape (draws, *dims)."""
-        post = self.idata.posterior
+        post = self.idata["posterior"]
         return {
             name: post[name].values.reshape(-1, *post[name].values.shape[2:]) for name in PARAMS
         }
@@ -264,7 +266,7 @@ class FittedForecastModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         idata = self.idata.copy()
-        idata.posterior.attrs.update(
+        idata["posterior"].attrs.update(
             {
                 "config_hash": self.config_hash,
                 "config": self.config.model_dump_json(),
@@ -287,7 +289,7 @@ def load_posterior(path: str | Path, config: ModelConfig) -> FittedForecastModel
     if not path.exists():
         raise NotFoundError(f"{path}: no saved forecast posterior")
     idata = az.from_netcdf(str(path))
-    attrs = idata.posterior.attrs
+    attrs = idata["posterior"].attrs
     saved = str(attrs.get("config_hash", ""))
     if saved != config.config_hash():
         raise ModelMismatchError(

@@ -40,7 +40,9 @@ def plot_forecast(fc: Forecast, path: str | Path) -> Path:
     ax.axvline(d.p50, color="tab:blue", lw=2, label=f"pipecast P50 {_millions(d.p50)}")
     ind = fc.independent_stage_sim
     ymax = ax.get_ylim()[1]
-    ax.hlines(ymax * 0.95, ind.p10, ind.p90, color="grey", lw=4, label="independent coin flips P10-P90")
+    ax.hlines(
+        ymax * 0.95, ind.p10, ind.p90, color="grey", lw=4, label="independent coin flips P10-P90"
+    )
     for name, value in fc.rules.items():
         if value is None:
             continue

@@ -84,9 +84,7 @@ def historical_conversion(x: RuleInputs) -> float | None:
     return None if fc is None else x.won_so_far + float(fc)
 
 
-def rule_forecasts(
-    metrics: PipelineMetrics, open_deals: pd.DataFrame
-) -> dict[str, float | None]:
+def rule_forecasts(metrics: PipelineMetrics, open_deals: pd.DataFrame) -> dict[str, float | None]:
     """Every registered rule's forecast of the quarter's total."""
     inputs = RuleInputs(metrics, open_deals)
     return {name: fn(inputs) for name, fn in RULES.items()}

@@ -58,8 +58,9 @@ IN_QUARTER, LATER = "in_quarter", "later"
 class Scorer(Protocol):
     """Scores the deals open at ``as_of``: one row per deal with :data:`SCORE_COLUMNS`."""
 
-    def score(self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp) -> pd.DataFrame:
-        ...
+    def score(
+        self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp
+    ) -> pd.DataFrame: ...
 
 
 ScorerFactory = Callable[[CanonicalTables, StageConfig, pd.Timestamp], Scorer]
@@ -83,7 +84,9 @@ class StageHistoryScorer:
     close_share: dict[tuple[str, str], float]
     n_closed: int
 
-    def score(self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp) -> pd.DataFrame:
+    def score(
+        self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp
+    ) -> pd.DataFrame:
         states = deal_states(tables, pd.Timestamp(as_of), stages, open_only=True)
         states = states.drop(columns="as_of").reset_index(drop=True)
         default = {s.key: s.win_probability for s in stages.stages}
@@ -93,9 +96,7 @@ class StageHistoryScorer:
         bucket = close_bucket(states["expected_close_date"], pd.Timestamp(as_of))
         keys = list(zip(stage.fillna(""), bucket, strict=True))
         fallback = {b: self._bucket_mean(b) for b in (IN_QUARTER, LATER)}
-        share = np.array(
-            [self.close_share.get(k, fallback[k[1]]) for k in keys], dtype=np.float64
-        )
+        share = np.array([self.close_share.get(k, fallback[k[1]]) for k in keys], dtype=np.float64)
         out = states[[c for c in SCORE_COLUMNS if c in states.columns]].copy()
         out["p_win"] = p_win.to_numpy(dtype=np.float64)
         out["p_won_this_quarter"] = out["p_win"] * share
@@ -142,7 +143,9 @@ def fit_stage_history(
     default = {s.key: s.win_probability for s in stages.stages}
     res = frame[frame["resolved"]].groupby("stage")["won"].agg(["sum", "count"])
     win_rate = {
-        str(k): float((r["sum"] + PRIOR_WEIGHT * default.get(str(k), 0.3)) / (r["count"] + PRIOR_WEIGHT))
+        str(k): float(
+            (r["sum"] + PRIOR_WEIGHT * default.get(str(k), 0.3)) / (r["count"] + PRIOR_WEIGHT)
+        )
         for k, r in res.iterrows()
     }
     # Timing: won deals whose snapshot quarter had ended by the cut-off (so the answer is known).
@@ -150,8 +153,9 @@ def fit_stage_history(
     in_q = timed["closed_at"] <= timed["q_end"]
     grouped = in_q.groupby([timed["stage"], timed["bucket"]]).agg(["sum", "count"])
     close_share = {
-        (str(s), str(b)): float((r["sum"] + 1.0) / (r["count"] + 2.0))
-        for (s, b), r in grouped.iterrows()
+        (str(key[0]), str(key[1])): float((r["sum"] + 1.0) / (r["count"] + 2.0))
+        for key, r in grouped.iterrows()
+        if isinstance(key, tuple)
     }
     return StageHistoryScorer(cutoff, win_rate, close_share, n_closed)
 

@@ -41,8 +41,9 @@ class Posterior:
 
     def point(self) -> Posterior:
         """The posterior mean as a single draw (no parameter uncertainty)."""
-        return Posterior({k: v.mean(axis=0, keepdims=True) for k, v in self.draws.items()},
-                         self.levels)
+        return Posterior(
+            {k: v.mean(axis=0, keepdims=True) for k, v in self.draws.items()}, self.levels
+        )
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,14 @@ def _level_effects(
 ) -> np.ndarray:
     """(D, N) float32 effect of each deal's level; a level unseen in history (a new team) gets
     a fresh draw from the population spread, shared by its deals."""
-    idx = pd.Index(levels).get_indexer(values.astype("object"))
+    idx = pd.Index(levels).get_indexer(pd.Index(values.astype("object")))
     unseen = pd.unique(values[idx < 0].dropna())
     extra = rng.standard_normal((len(sd), len(unseen))) * sd[:, None]
     # columns: the known levels, the unseen ones, then a zero for a missing value
     table = np.concatenate([effects, extra, np.zeros((len(sd), 1))], axis=1).astype(F32)
     pos = np.where(idx >= 0, idx, len(levels) + len(unseen))
     if len(unseen):
-        new = pd.Index(unseen).get_indexer(values.astype("object"))
+        new = pd.Index(unseen).get_indexer(pd.Index(values.astype("object")))
         pos = np.where((idx < 0) & (new >= 0), len(levels) + new, pos)
     return np.take(table, pos, axis=1)
 
@@ -106,12 +107,12 @@ def _deal_terms(
     """Per draw and deal (float32): A = e^-eta_w, B = e^-eta_t and the amount if won."""
     dr, lv = post.draws, post.levels
     x_win, x_time = (x.astype(F32) for x in deal_features(deals))
-    col = (lambda v: np.asarray(v, dtype=F32)[:, None])  # noqa: E731
+    col = lambda v: np.asarray(v, dtype=F32)[:, None]  # noqa: E731
     eta_w = col(dr["a_w"]) + col(dr["b_w"]) * x_win[None, :]
     eta_w += _level_effects(rng, deals["team"], lv["teams"], dr["team_w"], dr["sd_team_w"])
     eta_w += _level_effects(rng, deals["segment"], lv["segments"], dr["seg_w"], dr["sd_seg_w"])
     eta_t = col(dr["a_t"]) + col(dr["b_t"]) * x_time[None, :]
-    stage = pd.Index(lv["stages"]).get_indexer(deals["stage"].astype("object"))
+    stage = pd.Index(lv["stages"]).get_indexer(pd.Index(deals["stage"].astype("object")))
     # Unknown stage: the stages' discount parameters pooled (their mean).
     mu_tab = np.concatenate([dr["disc_mu"], dr["disc_mu"].mean(axis=1, keepdims=True)], axis=1)
     sd_tab = np.concatenate([dr["disc_sd"], dr["disc_sd"].mean(axis=1, keepdims=True)], axis=1)
@@ -174,12 +175,14 @@ def simulate(
     order = np.argsort(deals["owner"].astype(str).to_numpy(), kind="stable")
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    tracked_pos = inverse[np.asarray(track, dtype=np.int64)] if track is not None else []
+    tracked_pos = inverse[np.asarray(track if track is not None else [], dtype=np.int64)]
     deals = deals.iloc[order].reset_index(drop=True)
     if pull_in is not None:
         pull_in = np.asarray(pull_in)[order]
     owners = deals["owner"].astype(str).to_numpy()
-    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(deals) else np.array([], int)
+    starts = (
+        np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if len(deals) else np.array([], int)
+    )
     owner_names = owners[starts] if len(deals) else np.array([], dtype=object)
 
     s_total, n_draws = options.n_scenarios, post.n

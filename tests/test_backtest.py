@@ -45,7 +45,9 @@ def _forecast(values: np.ndarray, rules: dict[str, float | None]) -> Forecast:
 
 def test_scores_of_a_forecast():
     values = np.random.default_rng(0).normal(100.0, 10.0, 20_000)
-    rows = {r.method: r for r in score_forecast(_forecast(values, {"stage_weighted": 80.0}), 4, 105.0)}
+    rows = {
+        r.method: r for r in score_forecast(_forecast(values, {"stage_weighted": 80.0}), 4, 105.0)
+    }
     pc = rows["pipecast"]
     assert pc.covered and pc.point == pytest.approx(100.0, abs=0.5)
     assert pc.abs_pct_error == pytest.approx(5 / 105, abs=0.01)

@@ -56,7 +56,9 @@ def test_rule_forecasts_by_hand(small):
     open_deals = metrics_open(small)
     got = rule_forecasts(metrics, open_deals)
     won = 120_000.0  # W1 closed in the quarter before as_of; W2 not yet
-    assert got["stage_weighted"] == pytest.approx(won + 0.7 * 200_000 + 0.5 * 100_000 + 0.1 * 80_000)
+    assert got["stage_weighted"] == pytest.approx(
+        won + 0.7 * 200_000 + 0.5 * 100_000 + 0.1 * 80_000
+    )
     assert got["commit"] == pytest.approx(won + 200_000)  # L1 commits to Q3, not this quarter
     assert got["best_case"] == pytest.approx(won + 300_000)
     assert got["historical_conversion"] is None or got["historical_conversion"] >= won
@@ -91,7 +93,7 @@ def test_stand_in_scorer_scores_every_open_deal(generated):
     scored = scorer.score(generated, CFG, pd.Timestamp("2025-04-28 23:59:59"))
     assert list(scored.columns) == SCORE_COLUMNS
     assert scored["deal_id"].is_unique and len(scored) > 50
-    assert ((scored["p_won_this_quarter"] <= scored["p_win"] + 1e-12)).all()
+    assert (scored["p_won_this_quarter"] <= scored["p_win"] + 1e-12).all()
     assert scored["p_win"].between(0, 1).all()
     # later stages win more often
     by_stage = scored.groupby("stage")["p_win"].mean()

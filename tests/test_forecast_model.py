@@ -60,7 +60,9 @@ def test_diagnostic_gates():
     assert len(bad.problems(cfg)) == 3
 
 
-def _synthetic_fit_data(rng: np.random.Generator, n: int = 4000, n_q: int = 6) -> tuple[FitData, dict[str, float]]:
+def _synthetic_fit_data(
+    rng: np.random.Generator, n: int = 4000, n_q: int = 6
+) -> tuple[FitData, dict[str, float]]:
     """Deals whose true recalibration is known: a_w=-0.4, b_w=0.8, quarter sd 0.3."""
     truth = {"a_w": -0.4, "b_w": 0.8, "a_t": 0.3, "b_t": 1.0}
     q = rng.integers(0, n_q, n)

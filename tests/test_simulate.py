@@ -51,8 +51,13 @@ NB = NewBusiness(days_left=60.0, season=0)
 
 def test_certain_deals_are_always_won_and_hopeless_never():
     deals = _deals([0.9999, 0.0001, 0.9999], [0.9999, 0.0001, 0.9999], [100.0, 1e6, 50.0])
-    sim = simulate(_posterior(), deals, won_so_far=NO_WON, new_business=NB,
-                   options=SimOptions(n_scenarios=2000))
+    sim = simulate(
+        _posterior(),
+        deals,
+        won_so_far=NO_WON,
+        new_business=NB,
+        options=SimOptions(n_scenarios=2000),
+    )
     assert np.mean(np.isclose(sim.company, 150.0)) > 0.99
     assert sim.p_won_in_quarter[0] > 0.99 and sim.p_won_in_quarter[1] < 0.01
 
@@ -64,8 +69,13 @@ def test_mean_matches_the_probabilities_and_totals_add_up():
     p_q = p_win * rng.uniform(0.1, 1.0, n)
     amounts = rng.lognormal(11, 1, n)
     won = pd.DataFrame({"owner": ["rep0", "rep9"], "team": ["north", "east"], "amount": [7e5, 3e5]})
-    sim = simulate(_posterior(), _deals(list(p_win), list(p_q), list(amounts)), won_so_far=won,
-                   new_business=NB, options=SimOptions(n_scenarios=20_000, seed=1))
+    sim = simulate(
+        _posterior(),
+        _deals(list(p_win), list(p_q), list(amounts)),
+        won_so_far=won,
+        new_business=NB,
+        options=SimOptions(n_scenarios=20_000, seed=1),
+    )
     expected = float((amounts * p_q).sum()) + 1e6
     sd = float(np.sqrt((amounts**2 * p_q * (1 - p_q)).sum()))
     assert abs(sim.company.mean() - expected) < 4 * sd / np.sqrt(len(sim.company))
@@ -80,10 +90,18 @@ def test_quarter_effect_widens_the_distribution_but_not_the_centre_much():
     deals = _deals([0.5] * n, [0.4] * n, [1000.0] * n)
     kw = dict(won_so_far=NO_WON, new_business=NB)
     calm = simulate(_posterior(), deals, options=SimOptions(n_scenarios=8000), **kw)
-    shaky = simulate(_posterior(sd_quarter_w=0.8, sd_quarter_t=0.8), deals,
-                     options=SimOptions(n_scenarios=8000), **kw)
-    off = simulate(_posterior(sd_quarter_w=0.8, sd_quarter_t=0.8), deals,
-                   options=SimOptions(n_scenarios=8000, quarter_effect=False), **kw)
+    shaky = simulate(
+        _posterior(sd_quarter_w=0.8, sd_quarter_t=0.8),
+        deals,
+        options=SimOptions(n_scenarios=8000),
+        **kw,
+    )
+    off = simulate(
+        _posterior(sd_quarter_w=0.8, sd_quarter_t=0.8),
+        deals,
+        options=SimOptions(n_scenarios=8000, quarter_effect=False),
+        **kw,
+    )
     assert shaky.company.std() > 3 * calm.company.std()
     assert off.company.std() == pytest.approx(calm.company.std(), rel=0.15)
 
@@ -119,8 +137,9 @@ def test_pulling_in_slipping_deals_raises_revenue():
 def test_new_business_adds_revenue_and_unseen_team_gets_an_effect():
     deals = _deals([0.5] * 6, [0.5] * 6, [10.0] * 6).assign(team="west")  # not in history
     post = _posterior(nb_rate=0.0, nb_win=0.0, sd_team_w=0.5)
-    sim = simulate(post, deals, won_so_far=NO_WON, new_business=NB,
-                   options=SimOptions(n_scenarios=3000))
+    sim = simulate(
+        post, deals, won_so_far=NO_WON, new_business=NB, options=SimOptions(n_scenarios=3000)
+    )
     # e^0 arrivals a day x 60 days, half won, e^10 each: about 30 x 22,000
     assert sim.new_business.mean() == pytest.approx(30 * np.exp(10.005), rel=0.1)
     assert np.isfinite(sim.company).all()
@@ -128,6 +147,12 @@ def test_new_business_adds_revenue_and_unseen_team_gets_an_effect():
 
 def test_tracked_deals_report_their_own_outcomes():
     deals = _deals([0.999, 0.001, 0.5], [0.999, 0.001, 0.5], [1.0, 1.0, 1.0])
-    sim = simulate(_posterior(), deals, won_so_far=NO_WON, new_business=NB,
-                   options=SimOptions(n_scenarios=1000), track=np.array([1, 0]))
+    sim = simulate(
+        _posterior(),
+        deals,
+        won_so_far=NO_WON,
+        new_business=NB,
+        options=SimOptions(n_scenarios=1000),
+        track=np.array([1, 0]),
+    )
     assert sim.tracked[:, 1].mean() > 0.99 and sim.tracked[:, 0].mean() < 0.01

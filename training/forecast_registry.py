@@ -47,7 +47,8 @@ try:  # mlflow is a hard dependency; the class must exist at module level to be 
             import arviz as az
 
             idata = az.from_netcdf(self.path)
-            return az.summary(idata, kind="stats").reset_index()
+            summary: Any = az.summary(idata, kind="stats")
+            return pd.DataFrame(summary).reset_index()
 
 except ImportError:  # pragma: no cover - mlflow is installed with pipecast
     PosteriorArtifact = None  # type: ignore[assignment,misc]

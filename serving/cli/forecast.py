@@ -22,9 +22,7 @@ from serving.cli.common import DbOption, JsonOption, StagesOption
 TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
 OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
 PlotOption = Annotated[Path | None, typer.Option("--plot", help="write a PNG chart here")]
-ScenariosOption = Annotated[
-    int, typer.Option("--scenarios", min=200, help="Monte Carlo scenarios")
-]
+ScenariosOption = Annotated[int, typer.Option("--scenarios", min=200, help="Monte Carlo scenarios")]
 SeedOption = Annotated[int, typer.Option("--seed", help="seed of sampling and simulation")]
 
 
@@ -48,7 +46,9 @@ def _forecast_as_of(quarter: str, as_of: str | None, tables: Any) -> Any:
         if len(quarter) != 6 or quarter[4] != "Q" or quarter[5] not in "1234":
             raise ValueError("expected YYYYQn")
     except ValueError as err:
-        raise InputError(f"--quarter: cannot read {quarter!r} as a quarter (2025Q4): {err}") from None
+        raise InputError(
+            f"--quarter: cannot read {quarter!r} as a quarter (2025Q4): {err}"
+        ) from None
     when = cli_common.parse_as_of(as_of) if as_of else min(end, data_end(tables))
     if not start <= when <= end:
         raise InputError(
@@ -105,7 +105,10 @@ def forecast(
 
         path = fitted[0].save(save_posterior or Path("forecast-posterior.nc"))
         fc.model["registered"] = register_posterior(
-            path, config.model_dump(), fitted[0].diagnostics.__dict__, fitted[0].diagnostics.ok(config)
+            path,
+            config.model_dump(),
+            fitted[0].diagnostics.__dict__,
+            fitted[0].diagnostics.ok(config),
         )
     if plot is not None:
         from forecasting.plots import plot_forecast
@@ -127,11 +130,21 @@ def _print_forecast(fc: Any) -> None:
         f"(won so far {_money(fc.won_so_far)}, target {_money(fc.target)})"
     ))  # fmt: skip
     p_t = "" if d.p_target is None else f"P(>= target) {_pct(d.p_target)}"
-    head.add_row("pipecast P50 (mean)", f"{_money(d.p50)} ({_money(d.mean)})", _money(d.p10),
-                 _money(d.p90), p_t)
+    head.add_row(
+        "pipecast P50 (mean)",
+        f"{_money(d.p50)} ({_money(d.mean)})",
+        _money(d.p10),
+        _money(d.p90),
+        p_t,
+    )
     ind = fc.independent_stage_sim
-    head.add_row("independent coin flips P50", _money(ind.p50), _money(ind.p10), _money(ind.p90),
-                 "" if ind.p_target is None else f"P(>= target) {_pct(ind.p_target)}")
+    head.add_row(
+        "independent coin flips P50",
+        _money(ind.p50),
+        _money(ind.p10),
+        _money(ind.p90),
+        "" if ind.p_target is None else f"P(>= target) {_pct(ind.p_target)}",
+    )
     for name, value in fc.rules.items():
         share = "" if (value is None or not fc.target) else f"{value / fc.target:.0%} of target"
         head.add_row(name.replace("_", " "), _money(value), "", "", share)
@@ -139,12 +152,30 @@ def _print_forecast(fc: Any) -> None:
         head.add_row("actual", _money(fc.actual), "", "", "")
     console.print(head)
     if fc.drivers:
-        t = Table("deal", "owner", "stage", "amount", "close", "P(won this Q)", "P50 if won",
-                  "P50 if not", "swing", title="Deals that move the P50 most")
+        t = Table(
+            "deal",
+            "owner",
+            "stage",
+            "amount",
+            "close",
+            "P(won this Q)",
+            "P50 if won",
+            "P50 if not",
+            "swing",
+            title="Deals that move the P50 most",
+        )
         for x in fc.drivers:
-            t.add_row(x.deal_id, x.owner, x.stage or "?", _money(x.amount),
-                      x.expected_close_date or "-", _pct(x.p_won_this_quarter),
-                      _money(x.p50_if_won), _money(x.p50_if_not), _money(x.swing))
+            t.add_row(
+                x.deal_id,
+                x.owner,
+                x.stage or "?",
+                _money(x.amount),
+                x.expected_close_date or "-",
+                _pct(x.p_won_this_quarter),
+                _money(x.p50_if_won),
+                _money(x.p50_if_not),
+                _money(x.swing),
+            )
         console.print(t)
     if fc.pulled_in is not None:
         p = fc.pulled_in
@@ -154,13 +185,25 @@ def _print_forecast(fc: Any) -> None:
             f"(P50 {_money(p.p50 - d.p50)} more)."
         )
     if fc.top_deals:
-        t = Table("rep", "deal", "stage", "amount", "close", "P(won this Q)",
-                  title="Each rep's deals to work (most revenue at stake this quarter)")
+        t = Table(
+            "rep",
+            "deal",
+            "stage",
+            "amount",
+            "close",
+            "P(won this Q)",
+            title="Each rep's deals to work (most revenue at stake this quarter)",
+        )
         for rep, deals in fc.top_deals.items():
             for i, x in enumerate(deals):
-                t.add_row(rep if i == 0 else "", str(x["deal_id"]), str(x["stage"]),
-                          _money(x["amount"]), str(x["expected_close_date"] or "-")[:10],
-                          _pct(x["p_won_in_quarter"]))
+                t.add_row(
+                    rep if i == 0 else "",
+                    str(x["deal_id"]),
+                    str(x["stage"]),
+                    _money(x["amount"]),
+                    str(x["expected_close_date"] or "-")[:10],
+                    _pct(x["p_won_in_quarter"]),
+                )
         console.print(t)
     diag = fc.model["diagnostics"]
     console.print(
@@ -248,11 +291,18 @@ def _print_backtest(result: Any) -> None:
     s = result.summary
     console = Console(width=160)
     methods = list(next(iter(s["median_abs_pct_error"].values())).keys())
-    t = Table("method", *[f"week {w}" for w in s["weeks"]], "mean CRPS",
-              title=f"Median absolute % error over {s['quarters']} quarters")
+    t = Table(
+        "method",
+        *[f"week {w}" for w in s["weeks"]],
+        "mean CRPS",
+        title=f"Median absolute % error over {s['quarters']} quarters",
+    )
     for m in methods:
-        t.add_row(m, *[_pct(s["median_abs_pct_error"][str(w)][m]) for w in s["weeks"]],
-                  _money(s["mean_crps"].get(m)))
+        t.add_row(
+            m,
+            *[_pct(s["median_abs_pct_error"][str(w)][m]) for w in s["weeks"]],
+            _money(s["mean_crps"].get(m)),
+        )
     console.print(t)
     console.print(
         f"pipecast P10-P90 held the actual in {_pct(s['coverage_p10_p90'])} of "

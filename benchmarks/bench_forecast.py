@@ -29,7 +29,8 @@ def _posterior(n_draws: int, teams: list[str]) -> object:
     draws = {
         name: rng.normal(0.0, 0.05, n_draws) + mean
         for name, mean in {
-            "a_w": -0.4, "b_w": 0.9, "a_t": 0.1, "b_t": 0.9, "sd_team_w": 0.25, "sd_seg_w": 0.1,
+            "a_w": -0.4, "b_w": 0.9, "a_t": 0.1, "b_t": 0.9, "c_w": 0.0, "c_t": -0.2,
+            "sd_team_w": 0.25, "sd_seg_w": 0.1,
             "sd_quarter_w": 0.2, "sd_quarter_t": 0.5, "nb_rate": 2.6, "nb_alpha": 60.0,
             "nb_win": -4.4, "sd_nb_win": 0.7, "nb_amount_mu": 10.5, "nb_amount_sd": 1.0,
         }.items()

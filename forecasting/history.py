@@ -35,6 +35,8 @@ WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED = 0, 1, 2, 3
 # Probabilities are clipped before the logit so a 0 or 1 from a scorer stays finite.
 P_CLIP = 1e-4
 HISTORY_QUARTERS = 6
+# log(EUR 100k): amounts enter the model as log(amount) - AMOUNT_CENTRE
+AMOUNT_CENTRE = 11.5
 MIN_HISTORY_QUARTERS = 2
 
 
@@ -43,11 +45,19 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(q / (1 - q))
 
 
-def deal_features(scored: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(logit P(win), logit P(close this quarter | win)) of scored deals."""
+def deal_features(scored: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logit P(win), logit P(close this quarter | win), centred log amount) of scored deals.
+
+    The amount is there because a revenue forecast needs probabilities calibrated by value: big
+    deals (long, complex projects) close later than a count-calibrated score says.
+    """
     p_win = np.clip(scored["p_win"].to_numpy(dtype=np.float64), P_CLIP, 1 - P_CLIP)
     p_q = np.clip(scored["p_won_this_quarter"].to_numpy(dtype=np.float64), 0.0, p_win)
-    return logit(p_win), logit(p_q / p_win)
+    amount = scored["amount"].to_numpy(dtype=np.float64)
+    log_amount = np.where(
+        amount > 0, np.log(np.where(amount > 0, amount, 1.0)) - AMOUNT_CENTRE, 0.0
+    )
+    return logit(p_win), logit(p_q / p_win), np.nan_to_num(log_amount)
 
 
 def rebuild_date(quarter: str, offset: pd.Timedelta) -> pd.Timestamp:
@@ -97,6 +107,7 @@ class FitData:
     # deal rows: identical (scores, team, segment, quarter) aggregated, counts per outcome
     x_win: np.ndarray
     x_time: np.ndarray
+    x_amount: np.ndarray
     team: np.ndarray
     segment: np.ndarray
     quarter: np.ndarray
@@ -232,11 +243,12 @@ def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -
     deals = pd.concat([p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True)
     teams, segments = _levels(deals["team"]), _levels(deals["segment"])
     stage_keys = stages.open_keys
-    x_win, x_time = deal_features(deals)
+    x_win, x_time, x_amount = deal_features(deals)
     rows = pd.DataFrame(
         {
             "x_win": np.round(x_win, 3),
             "x_time": np.round(x_time, 3),
+            "x_amount": np.round(x_amount, 1),
             "team": _index(deals["team"], teams),
             "segment": _index(deals["segment"], segments),
             "quarter": deals["q_idx"].to_numpy(),
@@ -267,6 +279,7 @@ def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -
         stages=stage_keys,
         x_win=agg["x_win"].to_numpy(np.float64),
         x_time=agg["x_time"].to_numpy(np.float64),
+        x_amount=agg["x_amount"].to_numpy(np.float64),
         team=agg["team"].to_numpy(np.int64),
         segment=agg["segment"].to_numpy(np.int64),
         quarter=agg["quarter"].to_numpy(np.int64),

@@ -2,8 +2,10 @@
 
 A hierarchical PyMC model fitted on :class:`forecasting.history.FitData`:
 
-- win: ``logit P(win) = a_w + b_w * logit(p_win) + team + segment + quarter_w``;
-- timing: ``logit P(close in quarter | win) = a_t + b_t * logit(p_time) + quarter_t``;
+- win: ``logit P(win) = a_w + b_w * logit(p_win) + c_w * log amount + team + segment +
+  quarter_w``;
+- timing: ``logit P(close in quarter | win) = a_t + b_t * logit(p_time) + c_t * log amount +
+  quarter_t`` (value-calibrated: big projects close later than a count-calibrated score says);
   ``quarter_w`` and ``quarter_t`` are shared by every deal of a quarter (deals move together),
   team and segment effects are partially pooled;
 - each past deal's outcome (won in the quarter / won later / lost / unresolved) is a categorical
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     import pymc as pm
 
 MODEL_NAME = "pipecast-forecast"
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 SEASONS = 4
 
 
@@ -75,6 +77,7 @@ def _data(fd: FitData) -> dict[str, np.ndarray]:
     return {
         "x_win": fd.x_win,
         "x_time": fd.x_time,
+        "x_amount": fd.x_amount,
         "team_idx": fd.team,
         "seg_idx": fd.segment,
         "q_idx": fd.quarter,
@@ -124,9 +127,10 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
         q_t = pooled("quarter_t", "quarter", s)
         a_w, b_w = pm.Normal("a_w", 0.0, 1.5), pm.Normal("b_w", 1.0, 0.5)
         a_t, b_t = pm.Normal("a_t", 0.0, 1.5), pm.Normal("b_t", 1.0, 0.5)
-        eta_w = a_w + b_w * d["x_win"] + team_w[d["team_idx"]] + seg_w[d["seg_idx"]]
-        eta_w = eta_w + q_w[d["q_idx"]]
-        eta_t = a_t + b_t * d["x_time"] + q_t[d["q_idx"]]
+        c_w, c_t = pm.Normal("c_w", 0.0, 0.5), pm.Normal("c_t", 0.0, 0.5)
+        eta_w = a_w + b_w * d["x_win"] + c_w * d["x_amount"]
+        eta_w = eta_w + team_w[d["team_idx"]] + seg_w[d["seg_idx"]] + q_w[d["q_idx"]]
+        eta_t = a_t + b_t * d["x_time"] + c_t * d["x_amount"] + q_t[d["q_idx"]]
         # log(1 - sigmoid(x)) = log(sigmoid(x)) - x: one softplus per probability
         log_w, log_t = -pt.softplus(-eta_w), -pt.softplus(-eta_t)
         log_nw, log_nt = log_w - eta_w, log_t - eta_t
@@ -235,7 +239,7 @@ class Diagnostics:
 
 # Parameters the simulator reads; their diagnostics gate promotion.
 PARAMS = [
-    "a_w", "b_w", "a_t", "b_t", "team_w", "seg_w", "sd_team_w", "sd_seg_w",
+    "a_w", "b_w", "a_t", "b_t", "c_w", "c_t", "team_w", "seg_w", "sd_team_w", "sd_seg_w",
     "sd_quarter_w", "sd_quarter_t", "disc_mu", "disc_sd", "nb_rate", "nb_season",
     "nb_trend", "nb_alpha", "nb_win", "sd_nb_win", "nb_amount_mu", "nb_amount_sd",
 ]  # fmt: skip

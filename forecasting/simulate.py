@@ -106,12 +106,14 @@ def _deal_terms(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per draw and deal (float32): A = e^-eta_w, B = e^-eta_t and the amount if won."""
     dr, lv = post.draws, post.levels
-    x_win, x_time = (x.astype(F32) for x in deal_features(deals))
+    x_win, x_time, x_amount = (x.astype(F32) for x in deal_features(deals))
     col = lambda v: np.asarray(v, dtype=F32)[:, None]  # noqa: E731
     eta_w = col(dr["a_w"]) + col(dr["b_w"]) * x_win[None, :]
+    eta_w += col(dr["c_w"]) * x_amount[None, :]
     eta_w += _level_effects(rng, deals["team"], lv["teams"], dr["team_w"], dr["sd_team_w"])
     eta_w += _level_effects(rng, deals["segment"], lv["segments"], dr["seg_w"], dr["sd_seg_w"])
     eta_t = col(dr["a_t"]) + col(dr["b_t"]) * x_time[None, :]
+    eta_t += col(dr["c_t"]) * x_amount[None, :]
     stage = pd.Index(lv["stages"]).get_indexer(pd.Index(deals["stage"].astype("object")))
     # Unknown stage: the stages' discount parameters pooled (their mean).
     mu_tab = np.concatenate([dr["disc_mu"], dr["disc_mu"].mean(axis=1, keepdims=True)], axis=1)

@@ -12,7 +12,8 @@ from forecasting.simulate import NewBusiness, Posterior, SimOptions, simulate
 def _posterior(n: int = 50, **over: float) -> Posterior:
     """A posterior that passes the scorer's probabilities through unchanged (a=0, b=1)."""
     base = {
-        "a_w": 0.0, "b_w": 1.0, "a_t": 0.0, "b_t": 1.0, "sd_team_w": 0.0, "sd_seg_w": 0.0,
+        "a_w": 0.0, "b_w": 1.0, "a_t": 0.0, "b_t": 1.0, "c_w": 0.0, "c_t": 0.0,
+        "sd_team_w": 0.0, "sd_seg_w": 0.0,
         "sd_quarter_w": 0.0, "sd_quarter_t": 0.0, "nb_rate": -50.0, "nb_alpha": 10.0,
         "nb_win": -2.0, "sd_nb_win": 0.0, "nb_amount_mu": 10.0, "nb_amount_sd": 0.1,
     }  # fmt: skip

@@ -35,6 +35,8 @@ def _posterior(n_draws: int, teams: list[str]) -> object:
             "nb_win": -4.4, "sd_nb_win": 0.7, "nb_amount_mu": 10.5, "nb_amount_sd": 1.0,
         }.items()
     }  # fmt: skip
+    draws["quarter_w"] = rng.normal(0, 0.2, (n_draws, 7))
+    draws["quarter_t"] = rng.normal(0, 0.5, (n_draws, 7))
     draws["team_w"] = rng.normal(0, 0.25, (n_draws, len(teams)))
     draws["seg_w"] = rng.normal(0, 0.1, (n_draws, 3))
     draws["disc_mu"] = rng.normal(-0.1, 0.01, (n_draws, 4))

@@ -112,11 +112,21 @@ class FitData:
     segment: np.ndarray
     quarter: np.ndarray
     weight: np.ndarray  # (rows, 4): how many deals of the row ended in each outcome code
+    # early rows: each quarter's pipeline at its first instant (the forecast quarter last),
+    # counts (won by the forecast's point of the quarter, not): what this quarter has shown so far
+    e_x_win: np.ndarray
+    e_x_time: np.ndarray
+    e_x_amount: np.ndarray
+    e_team: np.ndarray
+    e_segment: np.ndarray
+    e_quarter: np.ndarray
+    e_weight: np.ndarray
     # discounts: log(amount won / amount at rebuild) of deals won within their quarter
     disc_stage: np.ndarray
     disc_log_ratio: np.ndarray
     # new business per history quarter
     nb_days: np.ndarray
+    nb_quarter: np.ndarray
     nb_created: np.ndarray
     nb_won: np.ndarray
     nb_qoy: np.ndarray
@@ -124,6 +134,11 @@ class FitData:
     # share of new-business revenue per team and per owner over the history quarters
     nb_share: dict[str, dict[str, float]] = field(default_factory=dict)
     meta: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def current(self) -> int:
+        """Index of the forecast quarter among ``quarters`` (the last)."""
+        return len(self.quarters) - 1
 
     @property
     def shape_key(self) -> tuple[int, int, int, int]:
@@ -189,6 +204,13 @@ def _labelled(part: _Quarter, as_of: pd.Timestamp) -> _Quarter:
     return dataclasses.replace(part, deals=deals)
 
 
+def _early_labelled(part: _Quarter, by: pd.Timestamp) -> pd.DataFrame:
+    """A quarter's pipeline at its start, labelled 1 if won by ``by`` (inside the quarter)."""
+    closed = part.deals["_closed_at"].to_numpy()
+    won = (closed <= by.to_datetime64()) & (part.deals["_outcome"].to_numpy() == Outcome.WON.value)
+    return part.deals.drop(columns=["_closed_at", "_outcome"]).assign(early_won=won)
+
+
 def history_quarters(as_of: pd.Timestamp, n: int = HISTORY_QUARTERS) -> list[str]:
     """The ``n`` quarters before ``as_of``'s quarter, oldest first."""
     out: list[str] = []
@@ -226,40 +248,63 @@ def build_fit_data(
         if key not in scorers.rebuilt:
             scorers.rebuilt[key] = _rebuild_quarter(tables, stages, q, offset, scorer)
         parts.append(_labelled(scorers.rebuilt[key], as_of))
+    # Every quarter's pipeline at its first instant, and what it had won by the forecast's point
+    # of the quarter: for the forecast quarter itself, that is what it has shown so far.
+    early: list[pd.DataFrame] = []
+    for i, q in enumerate([p.name for p in parts] + [quarter_of(as_of)]):
+        scorer = scorers.for_quarter(tables, stages, q)
+        if scorer is None:
+            raise NotEnoughDataError(f"too few deals closed before {q} to score its pipeline")
+        key = (q, pd.Timedelta(0))
+        if key not in scorers.rebuilt:
+            scorers.rebuilt[key] = _rebuild_quarter(tables, stages, q, pd.Timedelta(0), scorer)
+        by = min(rebuild_date(q, offset), as_of)
+        early.append(_early_labelled(scorers.rebuilt[key], by).assign(q_idx=i))
     if len(parts) < MIN_HISTORY_QUARTERS:
         raise NotEnoughDataError(
             f"only {len(parts)} past quarters before {as_of:%Y-%m-%d} can be scored; the "
             f"forecast model needs at least {MIN_HISTORY_QUARTERS} (more history, or an "
             "earlier data start)"
         )
-    return _assemble(as_of, parts, stages)
+    return _assemble(as_of, parts, early, stages)
 
 
 def _levels(values: pd.Series) -> list[str]:
     return sorted({str(v) for v in values.dropna()})
 
 
-def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -> FitData:
-    deals = pd.concat([p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True)
-    teams, segments = _levels(deals["team"]), _levels(deals["segment"])
-    stage_keys = stages.open_keys
-    x_win, x_time, x_amount = deal_features(deals)
+def _aggregate(frame: pd.DataFrame, teams: list[str], segments: list[str],
+               counts: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+    """Identical (scores, amount, team, segment, quarter) rows summed, counts per outcome."""
+    x_win, x_time, x_amount = deal_features(frame)
     rows = pd.DataFrame(
         {
             "x_win": np.round(x_win, 3),
             "x_time": np.round(x_time, 3),
             "x_amount": np.round(x_amount, 1),
-            "team": _index(deals["team"], teams),
-            "segment": _index(deals["segment"], segments),
-            "quarter": deals["q_idx"].to_numpy(),
+            "team": _index(frame["team"], teams),
+            "segment": _index(frame["segment"], segments),
+            "quarter": frame["q_idx"].to_numpy(),
         }
     )
+    keys = list(rows.columns)
+    both = pd.concat([rows, counts.astype(np.float64).set_axis(rows.index)], axis=1)
+    return both.groupby(keys, sort=False).sum().reset_index()
+
+
+def _assemble(
+    as_of: pd.Timestamp, parts: list[_Quarter], early: list[pd.DataFrame], stages: StageConfig
+) -> FitData:
+    deals = pd.concat([p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True)
+    teams, segments = _levels(deals["team"]), _levels(deals["segment"])
+    first = pd.concat(early, ignore_index=True)
+    won_early = first["early_won"].to_numpy(dtype=bool)
+    e_agg = _aggregate(first, teams, segments, pd.DataFrame({"won": won_early, "not": ~won_early}))
+    stage_keys = stages.open_keys
     counts = pd.get_dummies(deals["outcome_code"]).reindex(
         columns=[WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED], fill_value=0
     )
-    keys = list(rows.columns)
-    agg = pd.concat([rows, counts.astype(np.float64)], axis=1).groupby(keys, sort=False).sum()
-    agg = agg.reset_index()
+    agg = _aggregate(deals, teams, segments, counts)
     won_q = deals[(deals["outcome_code"] == WON_IN_QUARTER)]
     ratio = won_q["amount_won"] / won_q["amount"]
     new = pd.concat([p.won_new for p in parts], ignore_index=True)
@@ -273,7 +318,7 @@ def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -
     ok = np.isfinite(ratio) & (ratio > 0) & won_q["stage"].isin(stage_keys)
     return FitData(
         as_of=as_of,
-        quarters=[p.name for p in parts],
+        quarters=[p.name for p in parts] + [quarter_of(as_of)],
         teams=teams,
         segments=segments,
         stages=stage_keys,
@@ -284,9 +329,17 @@ def _assemble(as_of: pd.Timestamp, parts: list[_Quarter], stages: StageConfig) -
         segment=agg["segment"].to_numpy(np.int64),
         quarter=agg["quarter"].to_numpy(np.int64),
         weight=agg[[WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED]].to_numpy(np.float64),
+        e_x_win=e_agg["x_win"].to_numpy(np.float64),
+        e_x_time=e_agg["x_time"].to_numpy(np.float64),
+        e_x_amount=e_agg["x_amount"].to_numpy(np.float64),
+        e_team=e_agg["team"].to_numpy(np.int64),
+        e_segment=e_agg["segment"].to_numpy(np.int64),
+        e_quarter=e_agg["quarter"].to_numpy(np.int64),
+        e_weight=e_agg[["won", "not"]].to_numpy(np.float64),
         disc_stage=_index(won_q.loc[ok, "stage"], stage_keys),
         disc_log_ratio=np.log(ratio[ok].to_numpy(np.float64)),
         nb_days=np.array([p.days_left for p in parts], dtype=np.float64),
+        nb_quarter=np.arange(len(parts), dtype=np.int64),
         nb_created=np.array([p.created for p in parts], dtype=np.int64),
         nb_won=np.array([len(p.won_new) for p in parts], dtype=np.int64),
         nb_qoy=np.array([int(p.name[5]) - 1 for p in parts], dtype=np.int64),

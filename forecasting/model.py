@@ -10,6 +10,10 @@ A hierarchical PyMC model fitted on :class:`forecasting.history.FitData`:
   team and segment effects are partially pooled;
 - each past deal's outcome (won in the quarter / won later / lost / unresolved) is a categorical
   draw from those two probabilities;
+- every quarter's pipeline at its first instant, and whether each deal was won by the forecast's
+  point of the quarter, share the same quarter effects: so the forecast quarter (the last level
+  of ``quarter``, with no end-of-quarter outcome yet) has its effects learnt from what it has
+  won so far, on top of their spread across quarters (a wide prior: shocks can be large);
 - discounts: ``log(amount won / amount then) ~ Normal(mu[stage], sd[stage])``;
 - new business: deals created in the rest of the quarter ~ NegativeBinomial (rate per day with
   quarter-of-year seasonality and a trend), the share of them won within it (varying by
@@ -40,8 +44,9 @@ if TYPE_CHECKING:
     import pymc as pm
 
 MODEL_NAME = "pipecast-forecast"
-MODEL_VERSION = "2"
+MODEL_VERSION = "3"
 SEASONS = 4
+QUARTER_SCALE = 1.0
 
 
 class ModelMismatchError(ConfigError):
@@ -73,7 +78,6 @@ class ModelConfig(BaseModel):
 
 def _data(fd: FitData) -> dict[str, np.ndarray]:
     """Every pm.Data container's value (names match the model)."""
-    n_q = len(fd.quarters)
     return {
         "x_win": fd.x_win,
         "x_time": fd.x_time,
@@ -84,11 +88,20 @@ def _data(fd: FitData) -> dict[str, np.ndarray]:
         **{f"w_{k}": fd.weight[:, k] for k in range(4)},
         "disc_stage": fd.disc_stage,
         "disc_y": fd.disc_log_ratio,
+        "e_x_win": fd.e_x_win,
+        "e_x_time": fd.e_x_time,
+        "e_x_amount": fd.e_x_amount,
+        "e_team": fd.e_team,
+        "e_seg": fd.e_segment,
+        "e_q": fd.e_quarter,
+        "e_won": fd.e_weight[:, 0],
+        "e_not": fd.e_weight[:, 1],
+        "nb_q": fd.nb_quarter,
         "nb_days": fd.nb_days + 1e-3,
         "nb_created": fd.nb_created,
         "nb_won": fd.nb_won,
         "nb_qoy": fd.nb_qoy,
-        "nb_t": np.arange(n_q, dtype=np.float64) - n_q,
+        "nb_t": (fd.nb_quarter - fd.current).astype(np.float64),
         "nb_log_amount": fd.nb_log_amount,
     }
 
@@ -123,8 +136,9 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
             return pt.concatenate([eff, pt.zeros(1)])
 
         team_w, seg_w = pooled("team_w", "team", s), pooled("seg_w", "segment", s, False)
-        q_w = pooled("quarter_w", "quarter", s)
-        q_t = pooled("quarter_t", "quarter", s)
+        # Quarter shocks can be large: a wide prior on their spread (six quarters say little).
+        q_w = pooled("quarter_w", "quarter", QUARTER_SCALE)
+        q_t = pooled("quarter_t", "quarter", QUARTER_SCALE)
         a_w, b_w = pm.Normal("a_w", 0.0, 1.5), pm.Normal("b_w", 1.0, 0.5)
         a_t, b_t = pm.Normal("a_t", 0.0, 1.5), pm.Normal("b_t", 1.0, 0.5)
         c_w, c_t = pm.Normal("c_w", 0.0, 0.5), pm.Normal("c_t", 0.0, 0.5)
@@ -142,6 +156,17 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
             + d["w_3"] * pt.log1mexp(pt.minimum(log_joint, -1e-9))
         )
         pm.Potential("deals", pt.sum(ll))
+
+        # What each quarter had won a given way into it, from its pipeline at its start: this is
+        # how the forecast quarter's own effects are learnt from what it has shown so far.
+        a_p, b_p = pm.Normal("a_p", -1.0, 1.5), pm.Normal("b_p", 1.0, 0.5)
+        c_p = pm.Normal("c_p", 0.0, 0.5)
+        e_w = a_w + b_w * d["e_x_win"] + c_w * d["e_x_amount"] + team_w[d["e_team"]]
+        e_w = e_w + seg_w[d["e_seg"]] + q_w[d["e_q"]]
+        e_p = a_p + b_p * d["e_x_time"] + c_p * d["e_x_amount"] + q_t[d["e_q"]]
+        log_e = -pt.softplus(-e_w) - pt.softplus(-e_p)
+        ll_e = d["e_won"] * log_e + d["e_not"] * pt.log1mexp(pt.minimum(log_e, -1e-9))
+        pm.Potential("early", pt.sum(ll_e))
 
         mu_d = pm.Normal("disc_mu", 0.0, 0.3, dims="stage")
         sd_d = pm.HalfNormal("disc_sd", 0.3, dims="stage")
@@ -164,7 +189,7 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
         pm.Binomial(
             "nb_wins",
             n=d["nb_created"],
-            p=pm.math.sigmoid(a_r + sd_r * z_r),
+            p=pm.math.sigmoid(a_r + sd_r * z_r[d["nb_q"]]),
             observed=d["nb_won"],
         )
         mu_a = pm.Normal("nb_amount_mu", 11.0, 3.0)
@@ -239,7 +264,8 @@ class Diagnostics:
 
 # Parameters the simulator reads; their diagnostics gate promotion.
 PARAMS = [
-    "a_w", "b_w", "a_t", "b_t", "c_w", "c_t", "team_w", "seg_w", "sd_team_w", "sd_seg_w",
+    "a_w", "b_w", "a_t", "b_t", "c_w", "c_t", "quarter_w", "quarter_t", "team_w", "seg_w",
+    "sd_team_w", "sd_seg_w",
     "sd_quarter_w", "sd_quarter_t", "disc_mu", "disc_sd", "nb_rate", "nb_season",
     "nb_trend", "nb_alpha", "nb_win", "sd_nb_win", "nb_amount_mu", "nb_amount_sd",
 ]  # fmt: skip

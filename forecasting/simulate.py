@@ -1,8 +1,8 @@
 """Monte Carlo of the quarter's revenue: posterior draws x scenarios, vectorised over deals.
 
-Each scenario takes one posterior draw (parameter uncertainty), draws that quarter's shared
-effects on winning and on timing fresh from their posterior spread (the forecast quarter is a new
-quarter), and then, for every open deal at once, whether it wins, whether it closes this quarter
+Each scenario takes one posterior draw (parameter uncertainty) with that draw's shared effects of
+the forecast quarter on winning and on timing (drawn from their spread across quarters and
+updated by what the quarter has won so far: see :mod:`forecasting.model`), and then, for every open deal at once, whether it wins, whether it closes this quarter
 and at what amount (discount drawn per deal), plus new business (deals not created yet that will
 close won this quarter), plus what is already won. Totals come out for the company, each team
 and each rep.
@@ -194,7 +194,9 @@ def simulate(
         b[:, pull_in] = 0.0
     n = len(deals)
     draws_per_chunk = max(1, options.chunk_elements // max(per_draw * max(n, 1), 1))
-    sd_w, sd_t = post.draws["sd_quarter_w"], post.draws["sd_quarter_t"]
+    # This quarter's effects: the posterior of the forecast quarter (the last level), learnt
+    # from what it has won so far on top of their spread across quarters.
+    cur_w, cur_t = post.draws["quarter_w"][:, -1], post.draws["quarter_t"][:, -1]
 
     # Layout (draw, scenario, deal): deals are the long, contiguous inner axis of every pass
     # (numpy broadcasting over a short inner axis is slow); rep totals are sums of contiguous
@@ -207,8 +209,8 @@ def simulate(
         d1 = min(d0 + draws_per_chunk, n_draws)
         c = d1 - d0
         if options.quarter_effect:
-            eu = np.exp(-rng.standard_normal((c, per_draw)) * sd_w[d0:d1, None]).astype(F32)
-            ev = np.exp(-rng.standard_normal((c, per_draw)) * sd_t[d0:d1, None]).astype(F32)
+            eu = np.repeat(np.exp(-cur_w[d0:d1, None]), per_draw, axis=1).astype(F32)
+            ev = np.repeat(np.exp(-cur_t[d0:d1, None]), per_draw, axis=1).astype(F32)
         else:
             eu = ev = np.ones((c, per_draw), dtype=F32)
         u = rng.random((c, per_draw, n), dtype=F32)

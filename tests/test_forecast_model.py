@@ -80,11 +80,15 @@ def _synthetic_fit_data(
     created = rng.poisson(5 * 60, n_q)
     fd = FitData(
         as_of=pd.Timestamp("2025-01-28"),
-        quarters=[f"2023Q{i % 4 + 1}" for i in range(n_q)],
+        quarters=[f"2023Q{i % 4 + 1}" for i in range(n_q)] + ["2025Q1"],
         teams=["a", "b", "c"], segments=["s"], stages=["x", "y"],
         x_win=x_win, x_time=x_time, x_amount=rng.normal(0, 1, n), team=team,
         segment=np.zeros(n, dtype=np.int64), quarter=q,
         weight=weight,
+        e_x_win=x_win[:500], e_x_time=x_time[:500], e_x_amount=np.zeros(500), e_team=team[:500],
+        e_segment=np.zeros(500, dtype=np.int64), e_quarter=rng.integers(0, n_q + 1, 500),
+        e_weight=np.stack([timely[:500] & win[:500], ~(timely[:500] & win[:500])], 1) * 1.0,
+        nb_quarter=np.arange(n_q),
         disc_stage=rng.integers(0, 2, 300), disc_log_ratio=rng.normal(-0.1, 0.05, 300),
         nb_days=n_days, nb_created=created, nb_won=rng.binomial(created, 0.05),
         nb_qoy=np.arange(n_q) % 4, nb_log_amount=rng.normal(10, 1, 40),

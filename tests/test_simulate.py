@@ -19,6 +19,10 @@ def _posterior(n: int = 50, **over: float) -> Posterior:
     }  # fmt: skip
     base.update(over)
     draws = {k: np.full(n, v) for k, v in base.items()}
+    # the forecast quarter (the last level) has its own effect in each draw
+    z = np.random.default_rng(9).standard_normal((n, 2, 2))
+    draws["quarter_w"] = z[:, 0] * base["sd_quarter_w"]
+    draws["quarter_t"] = z[:, 1] * base["sd_quarter_t"]
     draws["team_w"] = np.zeros((n, 2))
     draws["seg_w"] = np.zeros((n, 1))
     draws["disc_mu"] = np.zeros((n, 2))

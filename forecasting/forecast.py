@@ -30,6 +30,7 @@ from forecasting.simulate import NewBusiness, Posterior, SimOptions, SimResult, 
 
 QUANTILES = (0.1, 0.5, 0.9)
 DRIVER_CANDIDATES = 40
+MIN_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,10 @@ def _drivers(
     out = []
     for j, i in enumerate(track):
         won = sim.tracked[:, j]
-        if won.all() or not won.any():
+        share = float(won.mean())
+        # a deal decided in (nearly) every scenario does not move the P50; nor does a median
+        # taken over a handful of scenarios say anything
+        if not MIN_SHARE <= share <= 1 - MIN_SHARE:
             continue
         hi, lo = float(np.median(scope_values[won])), float(np.median(scope_values[~won]))
         row = deals.iloc[int(i)]
@@ -191,18 +195,21 @@ def _drivers(
                 swing=hi - lo,
             )
         )
-    return sorted(out, key=lambda d: -d.swing)[:k]
+    # what the deal's uncertainty moves: its swing, weighted by how undecided it is
+    return sorted(
+        out, key=lambda d: -d.swing * np.sqrt(d.p_won_this_quarter * (1 - d.p_won_this_quarter))
+    )[:k]
 
 
 def top_deals_by_owner(
     deals: pd.DataFrame, sim: SimResult, n: int = 3
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each rep's deals to work: the most revenue at stake this quarter (amount x the spread of
-    its simulated outcome), with its simulated P(won this quarter)."""
+    """Each rep's deals to work: the most revenue at stake this quarter (amount x P(won) x
+    P(not won): large for big deals still in the balance), with the simulated P(won this Q)."""
     p = sim.p_won_in_quarter
     frame = deals.assign(
         p_won_in_quarter=p,
-        at_stake=deals["amount"].fillna(0.0).to_numpy() * np.sqrt(p * (1 - p)),
+        at_stake=deals["amount"].fillna(0.0).to_numpy() * p * (1 - p),
     )
     frame = frame[frame["at_stake"] > 0].sort_values("at_stake", ascending=False)
     out: dict[str, list[dict[str, Any]]] = {}

@@ -2,9 +2,10 @@
 
 Each scenario takes one posterior draw (parameter uncertainty) with that draw's shared effects of
 the forecast quarter on winning and on timing (drawn from their spread across quarters and
-updated by what the quarter has won so far: see :mod:`forecasting.model`), and then, for every open deal at once, whether it wins, whether it closes this quarter
-and at what amount (discount drawn per deal), plus new business (deals not created yet that will
-close won this quarter), plus what is already won. Totals come out for the company, each team
+updated by what the quarter has won so far: see :mod:`forecasting.model`), and then, for every
+open deal at once, whether it wins, whether it closes this quarter and at what amount (discount
+drawn per deal), plus new business (deals not created yet that will close won this quarter),
+plus what is already won. Totals come out for the company, each team
 and each rep.
 
 Speed: for draw ``d`` and scenario ``s`` with effects ``u_s`` (win) and ``v_s`` (timing),

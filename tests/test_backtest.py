@@ -153,7 +153,7 @@ def test_strong_quarter_shocks_catch_a_simulator_without_the_quarter_effect():
     tables = generate(8000, 21, shock_sd=0.9).tables
     result = run_backtest(
         tables, CFG, quarters=default_quarters(tables, 8), weeks=[1, 4, 8],
-        factory=fit_stage_history, config=ModelConfig(), options=SimOptions(n_scenarios=3000),
+        factory=fit_stage_history, config=ModelConfig(), options=SimOptions(n_scenarios=4000),
         ablation=True,
     )  # fmt: skip
     s = result.summary

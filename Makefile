@@ -40,6 +40,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_generate_load.py --deals 100000
 	$(BIN)/python benchmarks/bench_snapshots.py --deals 100000
+	$(BIN)/python benchmarks/bench_pipeline.py --deals 30000
 
 clean:
 	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png .pytest_cache .mypy_cache

@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pandas as pd
 warnings.filterwarnings("ignore")
 
 
-def _posterior(n_draws: int, teams: list[str]) -> object:
+def _posterior(n_draws: int, teams: list[str]) -> Any:
     from forecasting.simulate import Posterior
 
     rng = np.random.default_rng(0)

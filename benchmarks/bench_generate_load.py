@@ -35,7 +35,7 @@ PHASES = {
     "load": """
         from features.data.importer import read_export
         from features.data.store import Store
-        with Store({db!r}) as store:
+        with Store({db!r}, read_only=False) as store:
             result = read_export({data!r}, known_deal_ids=store.deal_ids())
             store.load(result.tables)
             rows = store.counts()

@@ -4,7 +4,8 @@ The dataset is generated once (``features.synthetic.generator.generate``) and pi
 then runs in its own child process so its peak RSS is its own (os.wait4). Speed is reported as
 rows/s and as a ratio against a baseline measured in the same run on the same grid of (deal, Monday)
 rows: the plain point-in-time rebuild ``deal_states(..., open_only=True)`` that the signals build
-on. The ratio is what the signal and label work costs on top of rebuilding the deal states.
+on (the one, strict, rule: tracked fields from dated history before the export). The ratio is
+what the signal and label work costs on top of rebuilding the deal states.
 
     python benchmarks/bench_snapshots.py --deals 100000
 """

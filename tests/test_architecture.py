@@ -54,3 +54,41 @@ def test_a_wrong_import_breaks_a_contract(
     assert result.returncode != 0
     broken = [line for line in result.stdout.splitlines() if line.endswith("BROKEN")]
     assert any(contract in line for line in broken), result.stdout
+
+
+# --- function length (issue 8) -----------------------------------------------------------------
+MAX_LINES = 80
+# A function may be longer when the line above its ``def`` (or decorators) says why.
+LONG_NOTE = "# long function:"
+
+
+def long_functions(source: str, name: str) -> list[str]:
+    """Functions of ``source`` longer than :data:`MAX_LINES` lines (decorators excluded, the
+    docstring included) without a :data:`LONG_NOTE` comment just above them."""
+    import ast
+
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n = (node.end_lineno or node.lineno) - node.lineno + 1
+            top = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            above = lines[top - 2].strip() if top >= 2 else ""
+            if n > MAX_LINES and not above.startswith(LONG_NOTE):
+                found.append(f"{name}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_no_function_in_features_is_longer_than_80_lines() -> None:
+    long = [
+        f
+        for path in sorted((ROOT / "features").rglob("*.py"))
+        for f in long_functions(path.read_text(), str(path.relative_to(ROOT)))
+    ]
+    assert not long, long
+
+
+def test_the_length_check_finds_a_long_function_and_honours_its_note() -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    source = f"def long():\n{body}\n\n{LONG_NOTE} one table, row by row\ndef noted():\n{body}"
+    assert long_functions(source, "m.py") == [f"m.py:1 long ({MAX_LINES + 1} lines)"]

@@ -4,20 +4,15 @@ import json
 from datetime import datetime
 
 import pytest
-from typer.testing import CliRunner
 
-from features.data.stages import load_stage_config
 from features.pipeline.review import FieldChange
 from serving.cli import app
-from serving.cli import common as cli_common
 from serving.cli.pipeline import _net_change
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
-
 
 @pytest.fixture(autouse=True)
-def context(monkeypatch):
+def context(serve_tables):
     data = tables(
         deals=[
             deal("D1", "2025-01-10", stage="proposal", amount=300_000.0,
@@ -38,26 +33,20 @@ def context(monkeypatch):
         activities=[("D1", "call", "2025-06-11")],
         targets=[("company", "company", "2025Q2", 100_000.0)],
     )  # fmt: skip
-    seen = {}
-
-    def fake(db, stages):
-        seen["db"] = db
-        return cli_common.Context(data, CFG)
-
-    monkeypatch.setattr(cli_common, "open_context", fake)
-    return seen
+    return serve_tables(data)
 
 
-runner = CliRunner()
+@pytest.fixture
+def run(cli):
+    def invoke(*args):
+        result = cli.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return invoke
 
 
-def run(*args):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def test_metrics_table_and_json():
+def test_metrics_table_and_json(run):
     out = run("metrics", "--as-of", "2025-06-15")
     assert "coverage" in out and "3.50x" in out and "healthy" in out
     payload = json.loads(run("metrics", "--as-of", "2025-06-15", "--json"))
@@ -68,23 +57,23 @@ def test_metrics_table_and_json():
     assert team["team"] == "south" and team["open_pipeline"]["count"] == 1
 
 
-def test_metrics_plot(tmp_path):
+def test_metrics_plot(tmp_path, run, cli):
     png = tmp_path / "health.png"
     out = run("metrics", "--as-of", "2025-06-15", "--plot", str(png))
     assert f"plot written to {png}" in out and "coverage" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 30_000
     # With --json the notice goes to stderr: stdout stays one JSON document.
-    result = runner.invoke(
+    result = cli.invoke(
         app, ["metrics", "--as-of", "2025-06-15", "--json", "--plot", str(tmp_path / "j.png")]
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["coverage"]["ratio"] == 3.5
     assert "plot written to" in result.stderr and (tmp_path / "j.png").exists()
-    bad = runner.invoke(app, ["metrics", "--as-of", "2025-06-15", "--plot", "/no/such/dir/p.png"])
+    bad = cli.invoke(app, ["metrics", "--as-of", "2025-06-15", "--plot", "/no/such/dir/p.png"])
     assert bad.exit_code != 0 and "no such directory" in bad.output
 
 
-def test_hygiene_table_and_json(context):
+def test_hygiene_table_and_json(context, run):
     out = run("hygiene", "--as-of", "2025-06-15", "--db", "x.duckdb")
     assert context["db"] == "x.duckdb"
     assert "close_date_past" in out and "D2" in out
@@ -93,7 +82,7 @@ def test_hygiene_table_and_json(context):
     assert {f["rule"] for f in payload["flags"]} >= {"close_date_past", "no_next_step"}
 
 
-def test_review_table_and_json():
+def test_review_table_and_json(run):
     out = run("review", "--as-of", "2025-06-15")
     assert "D1" in out and "D2" not in out  # 50k is below the 100k default
     payload = json.loads(run("review", "--as-of", "2025-06-15", "--min-amount", "10000", "--json"))
@@ -122,6 +111,15 @@ def test_review_net_change_lines():
     assert _net_change(step) == "06-13 next_step: intro -> call (3x)"
 
 
-def test_bad_arguments():
-    assert runner.invoke(app, ["metrics", "--as-of", "15/06/2025"]).exit_code != 0
-    assert runner.invoke(app, ["review", "--as-of", "2025-06-15", "--sort", "x"]).exit_code != 0
+def test_bad_arguments(cli):
+    assert cli.invoke(app, ["metrics", "--as-of", "15/06/2025"]).exit_code != 0
+    assert cli.invoke(app, ["review", "--as-of", "2025-06-15", "--sort", "x"]).exit_code != 0
+
+
+@pytest.mark.parametrize("command", ["metrics", "hygiene", "review"])
+def test_unknown_team_is_one_line_not_a_crash(cli, command):
+    result = cli.invoke(app, [command, "--as-of", "2025-06-15", "--team", "nrth"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "--team 'nrth': no deal or target has this team; known: north, south"
+    )

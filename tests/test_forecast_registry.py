@@ -21,7 +21,7 @@ def _saved(tmp_path, diag: Diagnostics) -> tuple[str, ModelConfig]:
 
     cfg = ModelConfig(draws=100, tune=100)
     post = {name: np.random.default_rng(0).normal(size=(2, 20)) for name in PARAMS}
-    levels = {"quarters": [], "teams": [], "segments": [], "stages": []}
+    levels: dict[str, list[str]] = {"quarters": [], "teams": [], "segments": [], "stages": []}
     fitted = FittedForecastModel(az.from_dict(posterior=post), cfg, diag, levels, "2025-01-01")
     return str(fitted.save(tmp_path / f"post-{diag.divergences}.nc")), cfg
 

@@ -14,16 +14,11 @@ import pandas as pd
 import pytest
 
 from features.data.schema import TRACKED_FIELDS, CanonicalTables, LossReason
-from features.data.stages import StageConfig, load_stage_config
+from features.data.stages import StageConfig
 from features.synthetic.generator import GeneratedData, generate, write_dataset
 
 SEED = 11
 N = 2500
-
-
-@pytest.fixture(scope="module")
-def cfg() -> StageConfig:
-    return load_stage_config()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,16 @@ import json
 import pytest
 
 from features.data.calendar import to_timestamp
-from features.data.stages import load_stage_config
-from features.pipeline.hygiene import Rule, Severity, hygiene_flags, stage_outliers
+from features.errors import NotFoundError
+from features.pipeline.hygiene import (
+    RULES,
+    Rule,
+    Severity,
+    describe_rules,
+    hygiene_flags,
+    stage_outliers,
+)
 from tests.factory import deal, tables
-
-CFG = load_stage_config()
 
 # A clean qualification deal: every required field, a next step, a decision maker, recent work.
 CLEAN = {
@@ -43,11 +48,15 @@ def one_deal(
     )
 
 
-def rules(data, as_of, **kw):
-    return {f.rule: f for f in hygiene_flags(data, CFG, to_timestamp(as_of), **kw)}
+@pytest.fixture
+def rules(cfg):
+    def flags_by_rule(data, as_of, **kw):
+        return {f.rule: f for f in hygiene_flags(data, cfg, to_timestamp(as_of), **kw)}
+
+    return flags_by_rule
 
 
-def test_clean_deal_has_no_flags():
+def test_clean_deal_has_no_flags(rules):
     assert rules(one_deal(), "2025-01-20") == {}
 
 
@@ -60,7 +69,7 @@ def test_clean_deal_has_no_flags():
         ("2025-05-30", Rule.STALE),  # 90: stale replaces review
     ],
 )
-def test_no_activity_thresholds(as_of, expected):
+def test_no_activity_thresholds(as_of, expected, rules):
     found = set(rules(one_deal(), as_of)) & {Rule.NO_ACTIVITY_REVIEW, Rule.STALE}
     assert found == ({expected} if expected else set())
     if expected:
@@ -69,7 +78,7 @@ def test_no_activity_thresholds(as_of, expected):
         assert flag.severity is (Severity.CRITICAL if expected is Rule.STALE else Severity.WARNING)
 
 
-def test_no_activity_counts_from_creation_when_none():
+def test_no_activity_counts_from_creation_when_none(rules):
     data = one_deal(created="2025-03-01", acts=())
     assert Rule.NO_ACTIVITY_REVIEW not in rules(data, "2025-04-29")
     flag = rules(data, "2025-04-30")[Rule.NO_ACTIVITY_REVIEW]
@@ -77,7 +86,7 @@ def test_no_activity_counts_from_creation_when_none():
     assert "since creation" in flag.message
 
 
-def test_close_date_past():
+def test_close_date_past(rules):
     data = one_deal(expected_close_date="2025-05-31", acts=(("call", "2025-05-30"),))
     assert Rule.CLOSE_DATE_PAST not in rules(data, "2025-05-31")  # today is not past
     flag = rules(data, "2025-06-01")[Rule.CLOSE_DATE_PAST]
@@ -94,7 +103,7 @@ def test_close_date_past():
         ({"next_step_date": None}, True),
     ],
 )
-def test_no_next_step(over, fires):
+def test_no_next_step(over, fires, rules):
     assert (Rule.NO_NEXT_STEP in rules(one_deal(**over), "2025-01-20")) is fires
 
 
@@ -107,7 +116,7 @@ def test_no_next_step(over, fires):
         ("2025-03-31", "2025-06-16", False),  # 14 days before: not yet
     ],
 )
-def test_quarterly_cleanup(created, as_of, fires):
+def test_quarterly_cleanup(created, as_of, fires, rules):
     data = one_deal(created=created, acts=(("call", "2025-06-15"),), expected_close_date=None)
     flag = rules(data, as_of).get(Rule.QUARTERLY_CLEANUP)
     assert (flag is not None) is fires
@@ -117,7 +126,7 @@ def test_quarterly_cleanup(created, as_of, fires):
 
 
 @pytest.mark.parametrize(("as_of", "fires"), [("2025-04-05", False), ("2025-04-06", True)])
-def test_time_in_stage(as_of, fires):
+def test_time_in_stage(as_of, fires, rules):
     # needs analysis norm 42 days x 1.5 = 63; entered 1 Feb: 63 days on 5 April, 64 on 6 April.
     data = one_deal(
         stage="needs_analysis",
@@ -133,10 +142,10 @@ def test_time_in_stage(as_of, fires):
         assert flag.evidence["days_in_stage"] == 64 and flag.evidence["limit_days"] == 63
 
 
-def test_unknown_stage_never_flagged_for_time_in_stage():
+def test_unknown_stage_never_flagged_for_time_in_stage(rules, cfg):
     # Deals-only import: seen in proposal at the export; entry date unknown.
     data = one_deal(created="2024-01-01", stage="proposal", derived=True)
-    flags = hygiene_flags(data, CFG, to_timestamp("2025-12-31"))
+    flags = hygiene_flags(data, cfg, to_timestamp("2025-12-31"))
     assert all(f.rule is not Rule.TIME_IN_STAGE for f in flags)
     # Before the export the stage and tracked fields are unknown: no close-date/next-step flags.
     early = rules(data, "2025-06-01")
@@ -144,7 +153,7 @@ def test_unknown_stage_never_flagged_for_time_in_stage():
     assert Rule.CLOSE_DATE_PAST not in early and Rule.REQUIRED_FIELDS not in early
 
 
-def test_required_deals_column_and_stakeholder():
+def test_required_deals_column_and_stakeholder(rules):
     data = one_deal(competitor=None, stk=(("c1", "decision_maker", "2025-02-01"),))
     flag = rules(data, "2025-01-31")[Rule.REQUIRED_FIELDS]
     assert flag.evidence["missing"] == ["stakeholder:decision_maker", "competitor"]
@@ -153,7 +162,7 @@ def test_required_deals_column_and_stakeholder():
     assert rules(data, "2025-02-01")[Rule.REQUIRED_FIELDS].evidence["missing"] == ["competitor"]
 
 
-def test_required_activity_form():
+def test_required_activity_form(rules):
     data = one_deal(stage="proposal", acts=(("call", "2025-01-02"), ("proposal", "2025-01-10")))
     assert rules(data, "2025-01-09")[Rule.REQUIRED_FIELDS].evidence["missing"] == [
         "activity:proposal"
@@ -170,14 +179,20 @@ def test_required_activity_form():
         ({}, ["decision_criteria", "buying_process"]),
     ],
 )
-def test_required_custom_form(custom, missing):
-    data = one_deal(stage="needs_analysis", stk=(("c1", "champion", "2025-01-01"),), **custom)
+def test_required_custom_form(custom, missing, rules):
+    # Custom columns carry no history: the export (taken on the as_of day) is what says them.
+    data = one_deal(
+        stage="needs_analysis",
+        stk=(("c1", "champion", "2025-01-01"),),
+        observed_at="2025-01-20",
+        **custom,
+    )
     flag = rules(data, "2025-01-20").get(Rule.REQUIRED_FIELDS)
     got = [] if flag is None else flag.evidence["missing"]
     assert got == [f"custom:{m}" for m in missing]
 
 
-def test_stage_outliers_aggregate_per_owner():
+def test_stage_outliers_aggregate_per_owner(cfg):
     deals = [deal(f"N{i}", "2025-01-01", stage="needs_analysis", **CLEAN) for i in range(5)] + [
         deal("B1", "2025-01-01", owner="bob", stage="needs_analysis", **CLEAN)
     ]
@@ -186,15 +201,15 @@ def test_stage_outliers_aggregate_per_owner():
         stage_history=[(d["deal_id"], "needs_analysis", "2025-01-01") for d in deals],
         activities=[(d["deal_id"], "call", "2025-03-05") for d in deals],
     )
-    flags = hygiene_flags(data, CFG, to_timestamp("2025-03-12"))  # 70 days = 10 weeks
-    out = stage_outliers(flags, CFG)
+    flags = hygiene_flags(data, cfg, to_timestamp("2025-03-12"))  # 70 days = 10 weeks
+    out = stage_outliers(flags, cfg)
     assert [(o.owner, o.count) for o in out] == [("alice", 5), ("bob", 1)]
     assert out[0].message.startswith(
         "alice has 5 deals in 2 Needs Analysis for 10 weeks (median); the norm is 6 weeks"
     )
 
 
-def test_scope_closed_deals_and_json():
+def test_scope_closed_deals_and_json(cfg):
     data = tables(
         deals=[
             deal("A", "2025-01-01", next_step_date=None),
@@ -203,19 +218,19 @@ def test_scope_closed_deals_and_json():
                  closed_at="2025-01-10", loss_reason="fit"),
         ],
     )  # fmt: skip
-    ids = {f.deal_id for f in hygiene_flags(data, CFG, to_timestamp("2025-01-20"))}
+    ids = {f.deal_id for f in hygiene_flags(data, cfg, to_timestamp("2025-01-20"))}
     assert ids == {"A", "B"}  # closed deals are not checked
     assert {
-        f.deal_id for f in hygiene_flags(data, CFG, to_timestamp("2025-01-20"), owner="bob")
+        f.deal_id for f in hygiene_flags(data, cfg, to_timestamp("2025-01-20"), owner="bob")
     } == {"B"}
     assert {
-        f.deal_id for f in hygiene_flags(data, CFG, to_timestamp("2025-01-20"), team="north")
+        f.deal_id for f in hygiene_flags(data, cfg, to_timestamp("2025-01-20"), team="north")
     } == {"A"}
-    flags = hygiene_flags(data, CFG, to_timestamp("2025-01-20"))
+    flags = hygiene_flags(data, cfg, to_timestamp("2025-01-20"))
     json.dumps([f.to_dict() for f in flags], allow_nan=False)
 
 
-def test_later_events_change_no_flag():
+def test_later_events_change_no_flag(cfg):
     base = dict(
         stage="needs_analysis",
         entered="2025-01-01",
@@ -224,7 +239,7 @@ def test_later_events_change_no_flag():
         competitor=None,
     )
     as_of = to_timestamp("2025-04-15")
-    before = hygiene_flags(one_deal(**base), CFG, as_of)
+    before = hygiene_flags(one_deal(**base), cfg, as_of)
     later = tables(
         deals=[
             deal("D", "2025-01-01", **{**CLEAN, "stage": "proposal", "expected_close_date":
@@ -239,11 +254,56 @@ def test_later_events_change_no_flag():
         stakeholders=[("D", "c1", "decision_maker", "2025-01-01"),
                       ("D", "c2", "champion", "2025-04-16")],
     )  # fmt: skip
-    after = hygiene_flags(later, CFG, as_of)
+    after = hygiene_flags(later, cfg, as_of)
     assert {f.rule for f in before} >= {Rule.CLOSE_DATE_PAST, Rule.TIME_IN_STAGE, Rule.NO_NEXT_STEP}
     # custom columns carry no history (exported value); everything else must match exactly
     strip = [f for f in after if f.rule is not Rule.REQUIRED_FIELDS]
     assert strip == [f for f in before if f.rule is not Rule.REQUIRED_FIELDS]
     req_after = next(f for f in after if f.rule is Rule.REQUIRED_FIELDS).evidence["missing"]
     assert "stakeholder:champion" in req_after
-    assert hygiene_flags(later, CFG, to_timestamp("2025-04-21")) != after
+    assert hygiene_flags(later, cfg, to_timestamp("2025-04-21")) != after
+
+
+def test_every_rule_is_registered_with_its_seed_words_and_evidence(rules):
+    listed = describe_rules()
+    assert [r["rule"] for r in listed] == [r.value for r in Rule]
+    assert all(r["seed"] and r["evidence"] for r in listed)
+    # A flag carries exactly the evidence its rule declares.
+    data = one_deal(expected_close_date="2025-05-31", next_step=None, competitor=None, acts=())
+    flags = rules(data, "2025-06-20")
+    assert {Rule.STALE, Rule.CLOSE_DATE_PAST, Rule.NO_NEXT_STEP, Rule.QUARTERLY_CLEANUP} <= set(
+        flags
+    )
+    for rule, flag in flags.items():
+        assert tuple(flag.evidence) == RULES[rule].evidence
+
+
+def test_unknown_owner_or_team_is_not_found(cfg):
+    data = one_deal()
+    with pytest.raises(NotFoundError, match=r"--owner 'alcie'.*known: alice"):
+        hygiene_flags(data, cfg, to_timestamp("2025-01-20"), owner="alcie")
+    with pytest.raises(NotFoundError, match=r"--team 'south'.*known: north"):
+        hygiene_flags(data, cfg, to_timestamp("2025-01-20"), team="south")
+
+
+def test_unknown_is_not_missing(rules):
+    """A CRM that logs the expected close date only: before the export, the close date is
+    known (and past), the next step, its date and the amount are unknown: never flagged as
+    missing. At the export the row says them, and their gaps are flagged."""
+    data = tables(
+        deals=[
+            deal("D", "2025-01-01", amount=None, expected_close_date="2025-05-31",
+                 next_step=None, next_step_date=None, competitor="Rival GmbH")
+        ],
+        stage_history=[("D", "qualification", "2025-01-01")],
+        field_history=[("D", "expected_close_date", "2025-04-30", "2025-05-31", "2025-03-01")],
+        activities=[("D", "call", "2025-05-20")],
+        stakeholders=[("D", "c1", "decision_maker", "2025-01-01")],
+        logged_from_creation=("expected_close_date",),
+    )  # fmt: skip
+    early = rules(data, "2025-06-01")
+    assert early[Rule.CLOSE_DATE_PAST].evidence["expected_close_date"] == "2025-05-31"
+    assert Rule.NO_NEXT_STEP not in early and Rule.REQUIRED_FIELDS not in early
+    at_export = rules(data, "2025-12-31")
+    assert at_export[Rule.NO_NEXT_STEP].evidence == {"next_step": None, "next_step_date": None}
+    assert at_export[Rule.REQUIRED_FIELDS].evidence["missing"] == ["amount"]

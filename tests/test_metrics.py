@@ -6,6 +6,7 @@ O4 negotiation 500k (bob/south). Closed in window: W1 won 150k, W2 won 250k (in 
 price, L2 lost to a competitor. Before: P1 won, L4 lost in negotiation.
 """
 
+import dataclasses
 import json
 from datetime import date
 
@@ -14,9 +15,12 @@ import pytest
 
 from features.data.calendar import to_timestamp
 from features.data.schema import TRACKED_FIELDS, CanonicalTables
-from features.data.stages import load_stage_config, parse_stage_config
+from features.data.stages import parse_stage_config
+from features.errors import NotFoundError
 from features.pipeline.hygiene import hygiene_flags
 from features.pipeline.metrics import (
+    METRICS,
+    PipelineMetrics,
     StageConversion,
     _coverage_band,
     _funnel,
@@ -24,10 +28,8 @@ from features.pipeline.metrics import (
 )
 from features.pipeline.review import review_pack
 from features.signals.pointintime import deal_states_as_of
-from features.synthetic.generator import generate
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
 AS_OF = to_timestamp("2025-06-15")
 
 
@@ -128,8 +130,8 @@ def build(extra_deals=(), extra_history=(), extra_fields=(), extra_acts=(), extr
 
 
 @pytest.fixture(scope="module")
-def m():
-    return compute_metrics(build(), CFG, AS_OF)
+def m(cfg):
+    return compute_metrics(build(), cfg, AS_OF)
 
 
 def test_open_pipeline_and_quarter(m):
@@ -140,18 +142,18 @@ def test_open_pipeline_and_quarter(m):
     assert (m.new_pipeline.count, m.new_pipeline.value) == (2, 800_000.0)  # O2, O4
 
 
-def test_coverage_company_team_owner(m):
+def test_coverage_company_team_owner(m, cfg):
     c = m.coverage
     assert c.target == 250_000.0 and c.target_scope == "company:company"
     assert c.ratio == pytest.approx(4.0) and c.band == "healthy"
     assert c.won_this_quarter == 250_000.0  # W2 won in May
     assert c.remaining_target == 0.0 and c.ratio_to_remaining is None
-    north = compute_metrics(build(), CFG, AS_OF, team="north").coverage
+    north = compute_metrics(build(), cfg, AS_OF, team="north").coverage
     assert north.pipeline_closing == 500_000.0 and north.ratio == pytest.approx(5.0)
     assert north.band == "healthy"  # 5x is still inside 3-5x
-    alice = compute_metrics(build(), CFG, AS_OF, owner="alice").coverage
+    alice = compute_metrics(build(), cfg, AS_OF, owner="alice").coverage
     assert alice.ratio == pytest.approx(6.25) and alice.band == "likely_optimistic"
-    bob = compute_metrics(build(), CFG, AS_OF, owner="bob").coverage
+    bob = compute_metrics(build(), cfg, AS_OF, owner="bob").coverage
     assert bob.target is None and bob.ratio is None and bob.band == "no_target"
 
 
@@ -167,8 +169,8 @@ def test_coverage_company_team_owner(m):
         (None, "no_target"),
     ],
 )
-def test_coverage_bands(ratio, band):
-    assert _coverage_band(ratio, CFG) == band
+def test_coverage_bands(ratio, band, cfg):
+    assert _coverage_band(ratio, cfg) == band
 
 
 def test_weighted_pipeline(m):
@@ -224,17 +226,17 @@ def test_funnel_projection(m):
     assert [s.p_win_from_stage for s in f.stages] == pytest.approx([0.45, 0.5, 0.625, 0.75])
 
 
-def test_funnel_projection_seed_example():
+def test_funnel_projection_seed_example(cfg):
     """The seed: 100 in stage 1 -> 60 -> 42 -> 17 won at 60%, 70%, 40%."""
-    data = CFG.model_dump()
+    data = cfg.model_dump()
     data["stages"] = [s for s in data["stages"] if s["key"] != "negotiation"]
-    cfg = parse_stage_config(data)
+    three = parse_stage_config(data)
     open_deals = pd.DataFrame({"stage": ["qualification"] * 100, "amount": [10_000.0] * 100})
     conv = [
         StageConversion(k, k, 0, 0, 0, 0, r)
         for k, r in (("qualification", 0.6), ("needs_analysis", 0.7), ("proposal", 0.4))
     ]
-    f = _funnel(open_deals, conv, cfg)
+    f = _funnel(open_deals, conv, three)
     assert [s.expected_reaching for s in f.stages] == pytest.approx([100, 60, 42])
     assert f.expected_wins == pytest.approx(16.8)
     assert f.text.startswith("100 -> 60 -> 42 -> 17 won")
@@ -284,8 +286,8 @@ def test_activities_and_loss_reasons(m):
     assert reasons["competitor"].share == pytest.approx(1 / 3)
 
 
-def test_team_scope_filters_everything():
-    m = compute_metrics(build(), CFG, AS_OF, team="south")
+def test_team_scope_filters_everything(cfg):
+    m = compute_metrics(build(), cfg, AS_OF, team="south")
     assert m.open_pipeline.count == 1 and m.win_rate.denominator == 0
     assert m.win_rate.rate is None and m.sales_cycle.median_days is None
 
@@ -297,7 +299,7 @@ def test_json_round_trip(m):
     assert payload["lead_to_opportunity"]["available"] is False
 
 
-def test_later_events_change_nothing(m):
+def test_later_events_change_nothing(m, cfg):
     """A later close, stage change, amount change, activity, stakeholder or deal: same metrics."""
     later = build(
         override=[
@@ -318,22 +320,25 @@ def test_later_events_change_nothing(m):
         extra_acts=[("O3", "call", "2025-06-16"), ("O1", "demo", "2025-06-18")],
         extra_stk=[("O1", "c1", "decision_maker", "2025-06-16")],
     )
-    assert compute_metrics(later, CFG, AS_OF).to_dict() == m.to_dict()
+    assert compute_metrics(later, cfg, AS_OF).to_dict() == m.to_dict()
     # ...while as of a later date they do show.
-    after = compute_metrics(later, CFG, to_timestamp("2025-07-02"))
+    after = compute_metrics(later, cfg, to_timestamp("2025-07-02"))
     assert after.win_rate.numerator == 3
 
 
-def _export_at(data, as_of):
-    """The dataset as an export taken at ``as_of`` would have held it (custom columns aside)."""
-    states = deal_states_as_of(data, as_of, CFG).set_index("deal_id")
+def _export_at(data, as_of, cfg):
+    """The dataset with everything after ``as_of`` cut off: deals created later dropped, closes
+    after it undone, history after it removed, tracked fields and stage rolled back to their
+    values at ``as_of``. The rows keep their ``observed_at`` (the store's export time): custom
+    columns carry no history, so what they held at ``as_of`` cannot be rebuilt; unknown before
+    the export in both datasets, they are left as they are."""
+    states = deal_states_as_of(data, as_of, cfg).set_index("deal_id")
     deals = data.deals[data.deals["created_at"] <= as_of].copy()
     later = (deals["closed_at"] > as_of).to_numpy()
     deals.loc[later, "outcome"] = "open"
     deals.loc[later, ["closed_at", "loss_reason"]] = None
     for col in (*TRACKED_FIELDS, "stage"):
         deals[col] = states[col].reindex(deals["deal_id"]).to_numpy()
-    deals["observed_at"] = as_of
 
     def upto(frame, column):
         return frame[frame[column] <= as_of].reset_index(drop=True)
@@ -349,27 +354,76 @@ def _export_at(data, as_of):
 
 
 @pytest.mark.parametrize("day", ["2023-06-20", "2024-12-24"])
-def test_generated_data_later_events_change_nothing(day):
+def test_generated_data_later_events_change_nothing(day, cfg, generated_tables):
     """Everything after as_of removed (a past export): metrics, flags and review pack identical."""
-    data = generate(400, 3).tables
+    data = generated_tables
     as_of = to_timestamp(day)
-    past = _export_at(data, as_of)
+    past = _export_at(data, as_of, cfg)
     assert len(past.activities) < len(data.activities)
     assert (
-        compute_metrics(past, CFG, as_of).to_dict() == compute_metrics(data, CFG, as_of).to_dict()
+        compute_metrics(past, cfg, as_of).to_dict() == compute_metrics(data, cfg, as_of).to_dict()
     )
-    assert hygiene_flags(past, CFG, as_of) == hygiene_flags(data, CFG, as_of)
-    got = review_pack(past, CFG, as_of, min_amount=0).to_dict()
-    assert got == review_pack(data, CFG, as_of, min_amount=0).to_dict()
+    assert hygiene_flags(past, cfg, as_of) == hygiene_flags(data, cfg, as_of)
+    got = review_pack(past, cfg, as_of, min_amount=0).to_dict()
+    assert got == review_pack(data, cfg, as_of, min_amount=0).to_dict()
     assert got["deal_count"] > 10
 
 
-def test_empty_dataset_and_no_history():
+def test_empty_dataset_and_no_history(cfg):
     """No deals yet, or a deal without stage history: zeros and unknowns, never a crash."""
     as_of = to_timestamp("2025-02-01")
-    empty = compute_metrics(tables(deals=[]), CFG, as_of)
+    empty = compute_metrics(tables(deals=[]), cfg, as_of)
     assert empty.open_pipeline.count == 0 and empty.win_rate.rate is None
     json.dumps(empty.to_dict(), allow_nan=False)
-    bare = compute_metrics(tables(deals=[deal("A", "2025-01-01")]), CFG, as_of)
+    bare = compute_metrics(tables(deals=[deal("A", "2025-01-01")]), cfg, as_of)
     assert bare.open_pipeline.count == 1 and bare.weighted.unknown_stage_count == 1
     assert bare.weighted.all_open == 0.0 and bare.funnel.expected_wins is None
+
+
+def test_every_field_has_one_registered_metric():
+    header = {"as_of", "quarter", "team", "owner", "currency"}
+    fields = [f.name for f in dataclasses.fields(PipelineMetrics) if f.name not in header]
+    assert list(METRICS) == fields
+
+
+def test_scope_known_only_from_a_target_is_empty_not_an_error(cfg):
+    """A rep with a target but no deal yet: zeros; a name nobody carries: NotFoundError."""
+    data = tables(deals=[deal("A", "2025-01-01")], targets=[("owner", "newrep", "2025Q2", 1.0)])
+    m = compute_metrics(data, cfg, AS_OF, owner="newrep")
+    assert m.open_pipeline.count == 0 and m.coverage.ratio == 0.0
+    assert m.weighted.closing_this_quarter == 0.0
+    with pytest.raises(NotFoundError, match="--owner 'nobody'"):
+        compute_metrics(data, cfg, AS_OF, owner="nobody")
+
+
+def test_unknown_amounts_and_close_dates_are_counted_never_zero(cfg, m):
+    """A CRM that logs neither amounts nor close dates: before the export no open deal's amount
+    or expected close date is known. The sums add nothing for them and say how many; closed
+    deals keep the amounts they closed with."""
+    logged = ("forecast_category", "next_step", "next_step_date")
+    data = tables(
+        deals=_deals(),
+        stage_history=HISTORY,
+        activities=ACTIVITIES,
+        targets=TARGETS,
+        logged_from_creation=logged,
+    )
+    u = compute_metrics(data, cfg, AS_OF)
+    assert (u.open_pipeline.count, u.open_pipeline.value, u.open_pipeline.amount_unknown) == (
+        4,
+        0.0,
+        4,
+    )
+    assert u.weighted.unknown_amount_count == 4 and u.weighted.all_open == 0.0
+    assert u.coverage.close_date_unknown == 4 and u.closing_this_quarter.count == 0
+    assert u.new_pipeline.amount_unknown == 2
+    assert u.coverage.won_this_quarter == 250_000.0 and u.coverage.won_amount_unknown == 0
+    assert u.average_deal_size.average == pytest.approx(200_000.0)
+    assert [f.amount_unknown for f in u.funnel.stages] == [1, 1, 1, 1]
+    json.dumps(u.to_dict(), allow_nan=False)
+    # the fully logged fixture: nothing unknown
+    assert m.open_pipeline.amount_unknown == 0 and m.coverage.close_date_unknown == 0
+    assert m.weighted.unknown_amount_count == 0
+    # at the export the rows say them all
+    at_export = compute_metrics(data, cfg, to_timestamp("2025-12-31"))
+    assert at_export.open_pipeline.amount_unknown == 0

@@ -6,12 +6,10 @@ import sys
 import pytest
 
 from features.data.calendar import to_timestamp
-from features.data.stages import load_stage_config
 from features.pipeline.metrics import compute_metrics
 from features.pipeline.plots import plot_pipeline
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
 AS_OF = to_timestamp("2025-06-15")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -50,30 +48,45 @@ def png_size(path):
 
 
 @pytest.mark.parametrize("targets", [(("company", "company", "2025Q2", 100_000.0),), ()])
-def test_png_written(tmp_path, targets):
-    metrics = compute_metrics(build(targets), CFG, AS_OF)
+def test_png_written(tmp_path, targets, cfg):
+    metrics = compute_metrics(build(targets), cfg, AS_OF)
     assert (metrics.coverage.target is None) == (not targets)
-    out = plot_pipeline(metrics, CFG, tmp_path / "health.png")
+    out = plot_pipeline(metrics, cfg, tmp_path / "health.png")
     assert out == tmp_path / "health.png"
     assert png_size(out) == (1430, 1045)  # 13 x 9.5 in at 110 dpi
     assert out.stat().st_size > 30_000  # three drawn panels, not a blank canvas
     assert out.read_bytes().endswith(b"IEND\xaeB`\x82")
 
 
-def test_no_open_deals_still_draws(tmp_path):
+def test_no_open_deals_still_draws(tmp_path, cfg):
     # As of a day before any deal existed: every count is zero, every median unknown.
-    metrics = compute_metrics(build(), CFG, to_timestamp("2024-01-01"))
+    metrics = compute_metrics(build(), cfg, to_timestamp("2024-01-01"))
     assert metrics.open_pipeline.count == 0
-    out = plot_pipeline(metrics, CFG, tmp_path / "empty.png")
+    out = plot_pipeline(metrics, cfg, tmp_path / "empty.png")
     assert png_size(out) == (1430, 1045)
 
 
-def test_leaves_no_pyplot_state(tmp_path):
+def test_leaves_no_pyplot_state(tmp_path, cfg):
     import matplotlib
 
     backend = matplotlib.get_backend()
-    plot_pipeline(compute_metrics(build(), CFG, AS_OF), CFG, tmp_path / "a.png")
+    plot_pipeline(compute_metrics(build(), cfg, AS_OF), cfg, tmp_path / "a.png")
     assert matplotlib.get_backend() == backend
     # No pyplot figure was opened (pyplot may not even be imported).
     plt = sys.modules.get("matplotlib.pyplot")
     assert plt is None or plt.get_fignums() == []
+
+
+def test_unknown_amounts_and_close_dates_are_said_on_the_plot(tmp_path, cfg):
+    """A CRM that logs no amounts or close dates: before the export the coverage bars cannot
+    count the open deals, and the panel says so instead of showing them as 0."""
+    from dataclasses import replace
+
+    from features.pipeline.plots import _unknown_note
+
+    data = build()
+    bare = replace(data, field_history=data.field_history.iloc[0:0])
+    metrics = compute_metrics(bare, cfg, AS_OF)
+    assert _unknown_note(metrics) == "not counted: 2 open deals with unknown close date"
+    assert _unknown_note(compute_metrics(data, cfg, AS_OF)) == ""
+    assert png_size(plot_pipeline(metrics, cfg, tmp_path / "bare.png")) == (1430, 1045)

@@ -10,12 +10,11 @@ from datetime import date
 import pytest
 
 from features.data.calendar import to_timestamp
-from features.data.stages import load_stage_config
+from features.errors import InputError, NotFoundError
 from features.pipeline.hygiene import Rule
 from features.pipeline.review import review_pack
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
 AS_OF = to_timestamp("2025-06-15")
 OK = {"next_step": "call", "next_step_date": "2025-06-20", "competitor": "X"}
 
@@ -81,20 +80,20 @@ def build(extra_fields=(), extra_acts=(), extra_history=()):
 
 
 @pytest.fixture(scope="module")
-def pack():
-    return review_pack(build(), CFG, AS_OF)
+def pack(cfg):
+    return review_pack(build(), cfg, AS_OF)
 
 
-def test_threshold_and_order(pack):
+def test_threshold_and_order(pack, cfg):
     assert pack.min_amount == 100_000.0
     assert [d.deal_id for d in pack.deals] == ["R5", "R1", "R2"]  # 99,999 and closed R4 out
     assert pack.total_value == 500_000.0 and pack.deal_count == 3
     assert (pack.week_first_day, pack.week_last_day) == (date(2025, 6, 9), date(2025, 6, 15))
-    by_close = review_pack(build(), CFG, AS_OF, sort_by="expected_close")
+    by_close = review_pack(build(), cfg, AS_OF, sort_by="expected_close")
     assert [d.deal_id for d in by_close.deals] == ["R5", "R2", "R1"]
-    big = review_pack(build(), CFG, AS_OF, min_amount=150_000)
+    big = review_pack(build(), cfg, AS_OF, min_amount=150_000)
     assert [d.deal_id for d in big.deals] == ["R5", "R1"]
-    assert [d.deal_id for d in review_pack(build(), CFG, AS_OF, team="south").deals] == ["R5"]
+    assert [d.deal_id for d in review_pack(build(), cfg, AS_OF, team="south").deals] == ["R5"]
 
 
 def test_changes_in_the_last_week(pack):
@@ -173,7 +172,7 @@ def test_json_parses(pack):
     assert payload["deals"][0]["flags"][0]["rule"] in {r.value for r in Rule}
 
 
-def test_later_events_change_nothing(pack):
+def test_later_events_change_nothing(pack, cfg):
     later = build(
         extra_fields=[
             ("R1", "amount", "150000.0", "90000.0", "2025-06-16 00:00"),
@@ -185,6 +184,73 @@ def test_later_events_change_nothing(pack):
     )
     # The deal row carries R1's newest amount; as of 15 June the history gives 150k back.
     later.deals.loc[later.deals["deal_id"] == "R1", "amount"] = 90_000.0
-    assert review_pack(later, CFG, AS_OF).to_dict() == pack.to_dict()
-    after = review_pack(later, CFG, to_timestamp("2025-06-16"))
+    assert review_pack(later, cfg, AS_OF).to_dict() == pack.to_dict()
+    after = review_pack(later, cfg, to_timestamp("2025-06-16"))
     assert "R1" not in [d.deal_id for d in after.deals]
+
+
+@pytest.mark.parametrize(("as_of", "over"), [("2025-04-05", False), ("2025-04-06", True)])
+def test_review_and_hygiene_agree_on_time_in_stage(cfg, as_of, over):
+    """One boundary: 63 days in needs analysis is exactly 1.5x its 42-day norm and not over it;
+    64 days is. The risk note and the hygiene flag fire together or not at all."""
+    data = tables(
+        deals=[deal("T1", "2025-02-01", stage="needs_analysis", amount=200_000.0, **OK)],
+        stage_history=[("T1", "needs_analysis", "2025-02-01")],
+        activities=[("T1", "call", "2025-04-01")],
+    )
+    (d,) = review_pack(data, cfg, to_timestamp(as_of)).deals
+    noted = any("x norm" in n for n in d.risk_notes)
+    flagged = any(f.rule is Rule.TIME_IN_STAGE for f in d.flags)
+    assert noted is flagged is over
+    if over:
+        assert "in 2 Needs Analysis 1.5x norm" in d.risk_notes  # 64 / 42 = 1.52
+
+
+def test_idle_days_count_from_creation_as_in_hygiene(cfg):
+    """No activity yet: idle since creation, the same count the hygiene rules use."""
+    data = tables(
+        deals=[deal("I1", "2025-05-01", amount=200_000.0, **OK)],
+        stage_history=[("I1", "qualification", "2025-05-01")],
+        stakeholders=[("I1", "c1", "decision_maker", "2025-05-01")],
+    )
+    (d,) = review_pack(data, cfg, to_timestamp("2025-06-30")).deals
+    assert d.last_activity is None
+    assert "no activity 60 days" in d.risk_notes
+    (flag,) = [f for f in d.flags if f.rule is Rule.NO_ACTIVITY_REVIEW]
+    assert flag.evidence["days_without_activity"] == 60
+
+
+def test_bad_sort_and_unknown_scope_are_user_errors(cfg):
+    with pytest.raises(InputError, match="sort_by"):
+        review_pack(build(), cfg, AS_OF, sort_by="size")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError, match="--team 'nowhere'"):
+        review_pack(build(), cfg, AS_OF, team="nowhere")
+
+
+def test_a_deals_creation_is_not_a_change_of_the_week(cfg):
+    """A deal created in the week: the creation rows of its fields (no old value, on its
+    creation day) and its first stage are how it started, not changes; a next-step date first
+    set two days later is one."""
+    data = tables(
+        deals=[deal("C1", "2025-06-10", amount=200_000.0, **OK)],
+        stage_history=[("C1", "qualification", "2025-06-10")],
+        field_history=[("C1", "next_step_date", None, "2025-06-20", "2025-06-12 09:00")],
+    )
+    assert (data.field_history["old_value"].isna()).sum() == 6  # five creation rows + the date
+    (d,) = review_pack(data, cfg, AS_OF).deals
+    assert [(c.field, c.old, c.new, c.changes) for c in d.changes] == [
+        ("next_step_date", None, "2025-06-20", 1)
+    ]
+
+
+def test_deals_with_an_unknown_amount_are_counted_not_reviewed(cfg):
+    """A CRM that does not log amounts: before the export no open deal's amount is known, so
+    none can be compared with the threshold; the pack says how many."""
+    data = tables(
+        deals=[deal("U1", "2025-05-01", amount=500_000.0, **OK)],
+        stage_history=[("U1", "qualification", "2025-05-01")],
+        logged_from_creation=("expected_close_date", "next_step", "next_step_date"),
+    )
+    pack = review_pack(data, cfg, AS_OF)
+    assert pack.deals == [] and pack.amount_unknown == 1
+    assert review_pack(data, cfg, to_timestamp("2025-12-31")).deal_count == 1  # the export says

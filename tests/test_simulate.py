@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,7 +95,7 @@ def test_mean_matches_the_probabilities_and_totals_add_up():
 def test_quarter_effect_widens_the_distribution_but_not_the_centre_much():
     n = 300
     deals = _deals([0.5] * n, [0.4] * n, [1000.0] * n)
-    kw = dict(won_so_far=NO_WON, new_business=NB)
+    kw: dict[str, Any] = dict(won_so_far=NO_WON, new_business=NB)
     calm = simulate(_posterior(), deals, options=SimOptions(n_scenarios=8000), **kw)
     shaky = simulate(
         _posterior(sd_quarter_w=0.8, sd_quarter_t=0.8),
@@ -113,7 +115,7 @@ def test_quarter_effect_widens_the_distribution_but_not_the_centre_much():
 
 def test_same_seed_same_scenarios_other_seed_others():
     deals = _deals([0.5] * 20, [0.3] * 20, [10.0] * 20)
-    kw = dict(won_so_far=NO_WON, new_business=NB)
+    kw: dict[str, Any] = dict(won_so_far=NO_WON, new_business=NB)
     a = simulate(_posterior(), deals, options=SimOptions(n_scenarios=500, seed=4), **kw)
     b = simulate(_posterior(), deals, options=SimOptions(n_scenarios=500, seed=4), **kw)
     c = simulate(_posterior(), deals, options=SimOptions(n_scenarios=500, seed=5), **kw)
@@ -123,7 +125,7 @@ def test_same_seed_same_scenarios_other_seed_others():
 
 def test_chunking_does_not_change_the_distribution():
     deals = _deals([0.6] * 50, [0.5] * 50, [10.0] * 50)
-    kw = dict(won_so_far=NO_WON, new_business=NB)
+    kw: dict[str, Any] = dict(won_so_far=NO_WON, new_business=NB)
     big = simulate(_posterior(), deals, options=SimOptions(n_scenarios=5000), **kw)
     small = simulate(_posterior(), deals, options=SimOptions(n_scenarios=5000, chunk_elements=64),
                      **kw)  # fmt: skip
@@ -132,7 +134,9 @@ def test_chunking_does_not_change_the_distribution():
 
 def test_pulling_in_slipping_deals_raises_revenue():
     deals = _deals([0.8] * 40, [0.2] * 40, [10.0] * 40)
-    kw = dict(won_so_far=NO_WON, new_business=NB, options=SimOptions(n_scenarios=2000))
+    kw: dict[str, Any] = dict(
+        won_so_far=NO_WON, new_business=NB, options=SimOptions(n_scenarios=2000)
+    )
     base = simulate(_posterior(), deals, **kw)
     pulled = simulate(_posterior(), deals, pull_in=np.ones(40, dtype=bool), **kw)
     assert pulled.company.mean() == pytest.approx(0.8 * 400, rel=0.05)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,14 +13,13 @@ from typer.testing import CliRunner
 
 from features.data.calendar import to_timestamp
 from features.data.schema import CanonicalTables
-from features.data.stages import load_stage_config
+from features.data.stages import StageConfig
 from features.signals import SIGNALS, compute_signals
 from features.signals.pointintime import deal_states
 from features.signals.snapshots import LABELS, build_snapshots, outcome_labels, snapshot_dates
-from serving.cli import common as cli_common
 from tests.factory import deal, tables
 
-CFG = load_stage_config()
+Serve = Callable[[CanonicalTables], dict[str, Any]]
 
 
 def _data(w_outcome: str = "won") -> CanonicalTables:
@@ -58,8 +59,8 @@ def _data(w_outcome: str = "won") -> CanonicalTables:
 
 
 @pytest.fixture(scope="module")
-def snaps() -> pd.DataFrame:
-    return build_snapshots(_data(), CFG, start="2025-01-01", end="2026-03-31")
+def snaps(cfg: StageConfig) -> pd.DataFrame:
+    return build_snapshots(_data(), cfg, start="2025-01-01", end="2026-03-31")
 
 
 def _at(snaps: pd.DataFrame, deal_id: str, day: str) -> pd.Series:
@@ -74,7 +75,7 @@ def test_snapshot_dates_are_mondays_at_end_of_day() -> None:
     assert all(d == to_timestamp(d.date()) for d in dates)
 
 
-def test_rows_only_while_open_one_per_deal_and_date(snaps: pd.DataFrame) -> None:
+def test_rows_only_while_open_one_per_deal_and_date(snaps: pd.DataFrame, cfg: StageConfig) -> None:
     assert not snaps.duplicated(["deal_id", "as_of"]).any()
     deals = _data().deals.set_index("deal_id")
     created = deals["created_at"].reindex(snaps["deal_id"]).to_numpy()
@@ -83,7 +84,7 @@ def test_rows_only_while_open_one_per_deal_and_date(snaps: pd.DataFrame) -> None
     assert not (closed <= snaps["as_of"].to_numpy()).any()
     # exactly the open deals of the point-in-time rebuild, date by date
     dates = snapshot_dates("2025-01-01", "2025-12-31")
-    open_states = deal_states(_data(), dates, CFG, open_only=True)
+    open_states = deal_states(_data(), dates, cfg, open_only=True)
     assert set(zip(open_states["deal_id"], open_states["as_of"], strict=True)) == set(
         zip(snaps["deal_id"], snaps["as_of"], strict=True)
     )
@@ -118,10 +119,10 @@ def test_open_deals_are_censored_not_lost(snaps: pd.DataFrame) -> None:
     assert np.isnan(_at(snaps, "N", "2025-12-29")["closed_won_by_quarter_end"])
 
 
-def test_signals_never_see_the_labels_future(snaps: pd.DataFrame) -> None:
+def test_signals_never_see_the_labels_future(snaps: pd.DataFrame, cfg: StageConfig) -> None:
     """Same past, different ending (W lost instead of won on 20 May): every row dated before
     that close has the same signals; only W's labels differ."""
-    other = build_snapshots(_data("lost"), CFG, start="2025-01-01", end="2026-03-31")
+    other = build_snapshots(_data("lost"), cfg, start="2025-01-01", end="2026-03-31")
     signal_cols = [c for c in snaps.columns if c not in LABELS]
     before = snaps["as_of"] < pd.Timestamp("2025-05-20")
     pd.testing.assert_frame_equal(snaps.loc[before, signal_cols], other.loc[before, signal_cols])
@@ -131,40 +132,40 @@ def test_signals_never_see_the_labels_future(snaps: pd.DataFrame) -> None:
     assert (snaps.loc[w, "won"] == 1).all() and (other.loc[w, "won"] == 0).all()
 
 
-def test_columns_are_signals_then_labels(snaps: pd.DataFrame) -> None:
+def test_columns_are_signals_then_labels(snaps: pd.DataFrame, cfg: StageConfig) -> None:
     dates = snapshot_dates("2025-01-01", "2025-12-31")
-    signals = compute_signals(_data(), dates, CFG)
+    signals = compute_signals(_data(), dates, cfg)
     pd.testing.assert_frame_equal(snaps[list(signals.columns)], signals)
     labels = outcome_labels(signals[["deal_id", "as_of"]], _data().deals)
     pd.testing.assert_frame_equal(snaps[list(LABELS)], labels)
     assert set(SIGNALS) <= set(snaps.columns)
 
 
-def test_chunking_and_progress_do_not_change_rows() -> None:
+def test_chunking_and_progress_do_not_change_rows(cfg: StageConfig) -> None:
     calls: list[tuple[int, int]] = []
     a = build_snapshots(
         _data(),
-        CFG,
+        cfg,
         start="2025-01-01",
         end="2025-12-31",
         chunk_dates=5,
         progress=lambda done, total: calls.append((done, total)),
     )
-    b = build_snapshots(_data(), CFG, start="2025-01-01", end="2025-12-31", chunk_dates=100)
+    b = build_snapshots(_data(), cfg, start="2025-01-01", end="2025-12-31", chunk_dates=100)
     pd.testing.assert_frame_equal(a, b)
     assert calls[-1] == (52, 52) and len(calls) == 11
 
 
-def test_no_dates_in_range_gives_empty_frame_with_columns() -> None:
-    s = build_snapshots(_data(), CFG, start="2026-02-01", end="2026-03-01")
+def test_no_dates_in_range_gives_empty_frame_with_columns(cfg: StageConfig) -> None:
+    s = build_snapshots(_data(), cfg, start="2026-02-01", end="2026-03-01")
     assert s.empty and {"won", "days_in_stage"} <= set(s.columns)
 
 
-def test_generated_data_labels_are_consistent() -> None:
+def test_generated_data_labels_are_consistent(cfg: StageConfig) -> None:
     from features.synthetic.generator import generate
 
     data = generate(300, seed=5).tables
-    s = build_snapshots(data, CFG, start="2023-01-01", end="2025-12-31", freq="4W-MON")
+    s = build_snapshots(data, cfg, start="2023-01-01", end="2025-12-31", freq="4W-MON")
     assert len(s) > 0 and not s.duplicated(["deal_id", "as_of"]).any()
     final = data.deals.set_index("deal_id")["outcome"].reindex(s["deal_id"]).to_numpy()
     assert ((s["censored"] == 1) == (final == "open")).all()
@@ -174,13 +175,12 @@ def test_generated_data_labels_are_consistent() -> None:
     assert (s.loc[won_q, "won"] == 1).all()
 
 
-def test_cli_snapshots_writes_parquet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cli_snapshots_writes_parquet(serve_tables: Serve, cli: CliRunner, tmp_path: Path) -> None:
     from serving.cli import app
 
-    ctx = cli_common.Context(tables=_data(), stages=CFG)
-    monkeypatch.setattr(cli_common, "open_context", lambda db, stages: ctx)
+    serve_tables(_data())
     out = tmp_path / "snaps" / "train.parquet"
-    res = CliRunner().invoke(
+    res = cli.invoke(
         app, ["snapshots", "--start", "2025-01-01", "--end", "2025-12-31", "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
@@ -189,7 +189,24 @@ def test_cli_snapshots_writes_parquet(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert (
         set(LABELS) <= set(back.columns) and back["as_of"].nunique() == 51
     )  # no deal open on 6 Jan
-    bad = CliRunner().invoke(
+    bad = cli.invoke(
         app, ["snapshots", "--start", "2025-06-01", "--end", "2025-01-01", "--out", str(out)]
     )
     assert bad.exit_code != 0 and "before --start" in bad.output
+
+
+def test_custom_columns_in_snapshots_follow_the_point_in_time_rule(cfg: StageConfig) -> None:
+    data = _data()
+    deals = data.deals.assign(custom_region="EU", custom_close_note=None)
+    deals.loc[deals["deal_id"] == "W", "custom_close_note"] = "PO received"
+    data = CanonicalTables(**{**dict(data.items()), "deals": deals})
+    s = build_snapshots(
+        data,
+        cfg,
+        start="2025-01-01",
+        end="2025-12-31",
+        custom=["close_note"],
+        static_custom=["region"],
+    )
+    assert (s["custom_region"] == "EU").all()
+    assert s["custom_close_note"].isna().all()  # written at the close: never before the export

@@ -1,12 +1,25 @@
-"""Fiscal calendar helpers: quarters as ``YYYYQn`` labels and their bounds (calendar quarters)."""
+"""Calendar helpers: "as of" timestamps, quarters as ``YYYYQn`` labels and their bounds (calendar
+quarters), and the one day arithmetic every fact uses.
+
+Days are whole calendar days between the *dates* of two timestamps: ``as_of`` 30 June 23:59 minus
+30 June 08:00 is 0 days, minus 29 June 23:59 is 1 day. Signals, metrics, hygiene and the review
+pack all count days with :func:`days_between`, so a threshold such as "60 days without activity"
+means the same thing everywhere.
+"""
 
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 TimeLike = date | datetime | pd.Timestamp | str
+
+US_PER_DAY = 86_400_000_000
+# int64 microseconds of a missing timestamp (numpy's NaT).
+NAT = np.iinfo(np.int64).min
 
 
 def to_timestamp(value: TimeLike) -> pd.Timestamp:
@@ -51,3 +64,27 @@ def quarter_end(ts: TimeLike) -> pd.Timestamp:
 def previous_quarter(quarter: str) -> str:
     year, q = int(quarter[:4]), int(quarter[5])
     return f"{year - 1}Q4" if q == 1 else f"{year}Q{q - 1}"
+
+
+# --- day arithmetic -------------------------------------------------------------------------------
+def micros(values: Any) -> np.ndarray:
+    """Timestamps (a scalar, a sequence or a Series) as int64 microseconds (NaT -> :data:`NAT`)."""
+    arr = pd.to_datetime(pd.Series(values)).astype("datetime64[us]").to_numpy()
+    return arr.view("int64")
+
+
+def day_number(values: Any) -> np.ndarray:
+    """Calendar day number (days since 1970-01-01) of each timestamp as float, NaN for missing."""
+    us = micros(values)
+    out = np.floor_divide(us, US_PER_DAY).astype("float64")
+    out[us == NAT] = np.nan
+    return out
+
+
+def days_between(later: Any, earlier: Any) -> pd.Series:
+    """Whole calendar days from ``earlier`` to ``later``, element-wise (NaN where one is missing).
+
+    Either side may be a scalar. The result is positional (a fresh 0..n-1 index): pass
+    ``.to_numpy()`` or re-index it to line it up with a frame.
+    """
+    return pd.Series(day_number(later) - day_number(earlier))

@@ -1,7 +1,9 @@
 """Validated YAML configuration files (stage config, CRM mappings): one way to read and report.
 
 Errors name the file and the dotted key that is wrong, e.g.
-``stages.yaml: invalid stage configuration\n  stages.0.win_probability: ...``.
+``stages.yaml: invalid stage configuration\n  stages.0.win_probability: ...``. A file that is not
+UTF-8 and a key given twice in one block are refused too, naming the file and the line: YAML
+itself would silently keep the last of two equal keys, so one of two stage maps would vanish.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class KeyedError(ValueError):
-    """A validation failure whose key pydantic cannot know (a cross-field check names it)."""
+    """A validation failure whose key pydantic cannot know (a cross-field check names it).
+
+    A ``ValueError`` because pydantic turns those raised inside validators into its own errors.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
@@ -50,15 +55,48 @@ def validate(model: type[M], data: Any, source: str, what: str, top_key: str) ->
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Parse a YAML file, or raise ConfigError naming it."""
+    """Parse a UTF-8 YAML file, or raise ConfigError naming it (and the line, if there is one)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: {what} file not found")
-    return parse_yaml(p.read_text(), str(p))
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{p}: the {what} file is not UTF-8 text (byte 0x{data[err.start]:02X} on line "
+            f"{line}, probably Latin-1 or Windows-1252); save it as UTF-8"
+        ) from None
+    return parse_yaml(text, str(p))
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r} on line {line} (first on line {first})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+            except TypeError:  # an unhashable key: PyYAML reports it itself below
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(f"{source}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from None

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Optional
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -91,6 +92,10 @@ TRACKED_FIELDS: tuple[str, ...] = (
     "next_step",
     "next_step_date",
 )
+# Tracked fields whose values are dates (ISO ``YYYY-MM-DD`` text in field_history).
+DATE_FIELDS: frozenset[str] = frozenset({"expected_close_date", "next_step_date"})
+# An ISO 4217 currency code (USD, MXN, EUR), upper case.
+CURRENCY_CODE = r"^[A-Z]{3}$"
 
 
 class DealsSchema(pa.DataFrameModel):
@@ -117,6 +122,17 @@ class DealsSchema(pa.DataFrameModel):
     loss_reason: Series[str] = pa.Field(nullable=True, isin=_values(LossReason))
     history_source: Series[str] = pa.Field(isin=_values(HistorySource))
     observed_at: Series[pd.Timestamp] = pa.Field(description="when this row's values were true")
+    # Optional so that frames built by hand (tests, the generator) may leave them out; the
+    # importer and the store always carry them. Missing currency: the corporate currency.
+    currency: Optional[Series[str]] = pa.Field(  # noqa: UP045 (pandera reads Optional)
+        nullable=True,
+        str_matches=CURRENCY_CODE,
+        description="ISO code of the currency of amount (and of its field history)",
+    )
+    entered_after_close: Optional[Series[bool]] = pa.Field(  # noqa: UP045
+        description="logged in the CRM at or after its close: never open there "
+        "(see features.data.importer.derive)",
+    )
 
     class Config:
         strict = False  # custom columns mapped in by the user (prefixed ``custom_``) are allowed
@@ -155,9 +171,12 @@ class FieldHistorySchema(pa.DataFrameModel):
 
 
 class ActivitiesSchema(pa.DataFrameModel):
+    """Contacts with the customer. ``type`` is missing for a kind the CRM mapping does not name:
+    it still counts as an activity, in no per-type count."""
+
     activity_id: Series[str] = pa.Field(unique=True)
     deal_id: Series[str]
-    type: Series[str] = pa.Field(isin=_values(ActivityType))
+    type: Series[str] = pa.Field(nullable=True, isin=_values(ActivityType))
     occurred_at: Series[pd.Timestamp]
 
     class Config:
@@ -189,6 +208,25 @@ class TargetsSchema(pa.DataFrameModel):
         coerce = True
 
 
+class ExchangeRatesSchema(pa.DataFrameModel):
+    """Exchange rates against the corporate currency, as Salesforce's ``ConversionRate``.
+
+    ``rate``: units of ``currency`` per one unit of the corporate currency (an amount in
+    ``currency`` divided by it is in the corporate currency). ``valid_from``: a dated rate, in
+    force from then until the currency's next dated rate; missing: a fixed rate. The row with
+    ``is_corporate`` names the corporate currency (rate 1); every amount is reported in it.
+    """
+
+    currency: Series[str] = pa.Field(str_matches=CURRENCY_CODE)
+    rate: Series[float] = pa.Field(gt=0)
+    valid_from: Series[pd.Timestamp] = pa.Field(nullable=True)
+    is_corporate: Series[bool]
+
+    class Config:
+        strict = True
+        coerce = True
+
+
 TABLE_SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "deals": DealsSchema,
     "stage_history": StageHistorySchema,
@@ -196,6 +234,7 @@ TABLE_SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "activities": ActivitiesSchema,
     "stakeholders": StakeholdersSchema,
     "targets": TargetsSchema,
+    "exchange_rates": ExchangeRatesSchema,
 }
 
 # Natural keys: re-importing the same rows is a no-op; a newer export appends new history.
@@ -206,6 +245,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "activities": ("activity_id",),
     "stakeholders": ("deal_id", "contact_id", "role"),
     "targets": ("scope", "scope_id", "quarter"),
+    "exchange_rates": ("currency", "valid_from"),
 }
 
 TIMESTAMP_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -215,9 +255,27 @@ TIMESTAMP_COLUMNS: dict[str, tuple[str, ...]] = {
     "activities": ("occurred_at",),
     "stakeholders": ("added_at",),
     "targets": (),
+    "exchange_rates": ("valid_from",),
+}
+# Columns a mapping may fill that the importer reads and the store does not keep: when the CRM
+# last modified the deal (the export time is at least that; a deal closed "in the future" closed
+# by then at the latest).
+IMPORT_ONLY_COLUMNS: dict[str, dict[str, str]] = {
+    "deals": {"modified_at": "last modification of the deal in the CRM (LastModifiedDate)"},
 }
 
 CUSTOM_PREFIX = "custom_"
+
+
+def entered_after_close(deals: pd.DataFrame, deal_ids: pd.Series) -> np.ndarray:
+    """Whether each of ``deal_ids`` was logged in the CRM after it closed (``deals`` column
+    ``entered_after_close``; False for deals without it). Such deals were never open: they count
+    as won or lost, never in what measures an open deal's path (cycle, time in stage,
+    conversion, training snapshots)."""
+    if "entered_after_close" not in deals.columns:
+        return np.zeros(len(deal_ids), dtype=bool)
+    flags = deals.drop_duplicates("deal_id").set_index("deal_id")["entered_after_close"]
+    return flags.reindex(pd.Index(deal_ids)).fillna(False).to_numpy(dtype=bool)
 
 
 def columns(table: str) -> list[str]:
@@ -252,6 +310,7 @@ class CanonicalTables:
     activities: pd.DataFrame = field(default_factory=lambda: empty_frame("activities"))
     stakeholders: pd.DataFrame = field(default_factory=lambda: empty_frame("stakeholders"))
     targets: pd.DataFrame = field(default_factory=lambda: empty_frame("targets"))
+    exchange_rates: pd.DataFrame = field(default_factory=lambda: empty_frame("exchange_rates"))
 
     TABLES: ClassVar[tuple[str, ...]] = tuple(TABLE_SCHEMAS)
 

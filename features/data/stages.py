@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from features.data.config import ConfigError, parse_yaml, read_yaml, validate
 from features.data.schema import ActivityType, StakeholderRole
+from features.errors import NotFoundError
 
 __all__ = ["ConfigError", "StageConfig", "load_stage_config", "parse_stage_config"]
 
@@ -156,7 +157,7 @@ class StageConfig(_Frozen):
         try:
             return self.by_key[key]
         except KeyError:
-            raise KeyError(f"unknown stage {key!r}; known: {list(self.by_key)}") from None
+            raise NotFoundError(f"unknown stage {key!r}; known: {list(self.by_key)}") from None
 
     def win_probability(self, key: str) -> float:
         return self.stage(key).win_probability

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from features.pipeline.facts import over_stage_limit
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -105,7 +107,8 @@ def _time_in_stage(ax: Axes, m: PipelineMetrics, factor: float) -> None:
             ax.text(0, i, " no open deals", va="center", fontsize=8, color=_MUTED)
         else:
             color = _OPEN
-            if limit is not None and median > limit:
+            # the hygiene rule's boundary: a median of exactly the limit is not over it
+            if limit is not None and over_stage_limit(median, limit):
                 color = _BAD
             elif norm is not None and median > norm:
                 color = _WARN
@@ -196,6 +199,20 @@ def _coverage(ax: Axes, m: PipelineMetrics) -> None:
             fontsize=8,
             color=_MUTED,
         )
+    unknown = _unknown_note(m)
+    if unknown:
+        ax.text(0.98, 0.10, unknown, transform=ax.transAxes, ha="right", fontsize=8, color=_MUTED)
+
+
+def _unknown_note(m: PipelineMetrics) -> str:
+    """What the coverage bars could not count: deals whose amount or close date is unknown."""
+    cov = m.coverage
+    parts = []
+    if cov.closing_amount_unknown:
+        parts.append(f"{cov.closing_amount_unknown} closing deals with unknown amount")
+    if cov.close_date_unknown:
+        parts.append(f"{cov.close_date_unknown} open deals with unknown close date")
+    return "not counted: " + ", ".join(parts) if parts else ""
 
 
 def plot_pipeline(metrics: PipelineMetrics, stages: StageConfig, path: Path) -> Path:

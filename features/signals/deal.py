@@ -15,6 +15,7 @@ from features.signals.events import (
     nan_where,
     parse_number,
 )
+from features.signals.pointintime import states_a_value, tracked_since
 from features.signals.registry import SignalKind, node, signal
 
 
@@ -35,6 +36,46 @@ def field_changes_known(history_source: pd.Series) -> pd.Series:
 
 
 @node
+def field_tracked_since(field_history: pd.DataFrame) -> dict[str, pd.Timestamp]:
+    return tracked_since(field_history)
+
+
+def _changes_known(
+    field: str,
+    since: dict[str, pd.Timestamp],
+    created_at: pd.Series,
+    field_changes_known: pd.Series,
+) -> np.ndarray:
+    """A field's changes since creation are countable only if it was tracked from the deal's
+    creation on: a count over a partly logged life would pass a guess off as a fact."""
+    first = since.get(field)
+    if first is None:
+        return np.zeros(len(created_at), dtype=bool)
+    created = created_at.astype("datetime64[us]").to_numpy()
+    return (field_changes_known.to_numpy() == 1) & (created >= np.datetime64(first, "us"))
+
+
+@node
+def amount_changes_known(
+    field_tracked_since: dict[str, pd.Timestamp],
+    created_at: pd.Series,
+    field_changes_known: pd.Series,
+) -> np.ndarray:
+    return _changes_known("amount", field_tracked_since, created_at, field_changes_known)
+
+
+@node
+def close_date_changes_known(
+    field_tracked_since: dict[str, pd.Timestamp],
+    created_at: pd.Series,
+    field_changes_known: pd.Series,
+) -> np.ndarray:
+    return _changes_known(
+        "expected_close_date", field_tracked_since, created_at, field_changes_known
+    )
+
+
+@node
 def amount_changes(field_history: pd.DataFrame) -> pd.DataFrame:
     return field_history[field_history["field"] == "amount"].reset_index(drop=True)
 
@@ -44,39 +85,46 @@ def amount_index(amount_changes: pd.DataFrame, deal_index: pd.Index) -> EventInd
     return EventIndex(codes(amount_changes["deal_id"], deal_index), amount_changes["changed_at"])
 
 
-@signal("times the amount was changed", needs_history=True)
+@signal("times the amount was changed from one amount to another", needs_history=True)
 def amount_change_count(
-    amount_index: EventIndex,
-    deal_code: np.ndarray,
-    as_of: pd.Series,
-    field_changes_known: pd.Series,
-) -> pd.Series:
-    n = amount_index.end(deal_code, as_of) - amount_index.start(deal_code)
-    return nan_where(n, field_changes_known.to_numpy() == 0)
-
-
-@signal("relative change of the amount since creation (0.1 = 10% up)", needs_history=True)
-def amount_change_since_creation(
-    amount: pd.Series,
     amount_changes: pd.DataFrame,
     amount_index: EventIndex,
     deal_code: np.ndarray,
     as_of: pd.Series,
-    field_changes_known: pd.Series,
+    amount_changes_known: np.ndarray,
+) -> pd.Series:
+    """A row without an old value states an amount (the creation row of a snapshot history, a
+    first amount): it changes none, and :func:`amount_change_since_creation` reads it as the
+    creation amount."""
+    changed = ~states_a_value(amount_changes)
+    n = amount_index.total(changed, deal_code, as_of)
+    return nan_where(n, ~amount_changes_known)
+
+
+@signal("relative change of the amount since creation (0.1 = 10% up)", needs_history=True)
+def amount_change_since_creation(
+    amount_original: pd.Series,
+    amount_changes: pd.DataFrame,
+    amount_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    amount_changes_known: np.ndarray,
 ) -> pd.Series:
     """The creation amount is the old value of the first change, if one happened by as_of;
-    otherwise the amount never changed and the current (as-of) amount is the creation amount."""
+    otherwise the amount never changed and the current (as-of) amount is the creation amount.
+    Both in the deal's own currency (the history's): a change of exchange rate is no change of
+    the deal."""
     idx = amount_index
     start, end = idx.start(deal_code), idx.end(deal_code, as_of)
     old = parse_number(amount_changes["old_value"])
     new = parse_number(amount_changes["new_value"])
     # A change that sets a first amount (old missing) states the creation amount itself.
     first_values = np.append(np.where(np.isnan(old), new, old)[idx.rows], np.nan)
-    now = amount.astype("float64").to_numpy()
+    now = amount_original.astype("float64").to_numpy()
     first = np.where(end > start, first_values[np.minimum(start, len(idx))], now)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(first > 0, now / first - 1.0, np.nan)
-    return nan_where(rel, field_changes_known.to_numpy() == 0)
+    return nan_where(rel, ~amount_changes_known)
 
 
 # --- close date -----------------------------------------------------------------------------------
@@ -101,10 +149,10 @@ def close_date_push_count(
     close_date_index: EventIndex,
     deal_code: np.ndarray,
     as_of: pd.Series,
-    field_changes_known: pd.Series,
+    close_date_changes_known: np.ndarray,
 ) -> pd.Series:
     n = close_date_index.total(close_date_changes["push"].to_numpy(), deal_code, as_of)
-    return nan_where(n, field_changes_known.to_numpy() == 0)
+    return nan_where(n, ~close_date_changes_known)
 
 
 @signal("total days the expected close date was moved later", needs_history=True)
@@ -113,10 +161,10 @@ def close_date_slip_days(
     close_date_index: EventIndex,
     deal_code: np.ndarray,
     as_of: pd.Series,
-    field_changes_known: pd.Series,
+    close_date_changes_known: np.ndarray,
 ) -> pd.Series:
     days = close_date_index.total(close_date_changes["slip_days"].to_numpy(), deal_code, as_of)
-    return nan_where(days, field_changes_known.to_numpy() == 0)
+    return nan_where(days, ~close_date_changes_known)
 
 
 @signal("days until the expected close date (negative: it is in the past)", needs_history=True)
@@ -132,9 +180,10 @@ def days_left_in_quarter(as_of: pd.Series) -> pd.Series:
 
 # --- next step ------------------------------------------------------------------------------------
 @signal("1 if a next step is written down", SignalKind.FLAG, needs_history=True)
-def next_step_defined(next_step: pd.Series, history_known: pd.Series) -> pd.Series:
+def next_step_defined(next_step: pd.Series, next_step_known: pd.Series) -> pd.Series:
     text = next_step.astype(object).where(next_step.notna(), "").astype(str).str.strip()
-    return nan_where((text != "").astype("float64").to_numpy(), ~history_known.to_numpy(dtype=bool))
+    unknown = ~next_step_known.to_numpy(dtype=bool)
+    return nan_where((text != "").astype("float64").to_numpy(), unknown)
 
 
 @signal("days until the next-step date (negative: overdue; missing: no date)", needs_history=True)

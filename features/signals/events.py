@@ -12,33 +12,52 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-US_PER_DAY = 86_400_000_000
-NAT = np.iinfo(np.int64).min
-
-
-def micros(values: Any) -> np.ndarray:
-    """Timestamps as int64 microseconds (NaT -> int64 min)."""
-    arr = pd.to_datetime(pd.Series(values)).astype("datetime64[us]").to_numpy()
-    return arr.view("int64")
-
-
-def day_number(values: Any) -> np.ndarray:
-    """Calendar day number (days since epoch) as float, NaN for missing."""
-    us = micros(values)
-    out = np.floor_divide(us, US_PER_DAY).astype("float64")
-    out[us == NAT] = np.nan
-    return out
-
-
-def days_between(later: Any, earlier: Any) -> pd.Series:
-    return pd.Series(day_number(later) - day_number(earlier))
+# The day arithmetic is the calendar's (one definition for signals, metrics, hygiene and review).
+from features.data.calendar import NAT as NAT
+from features.data.calendar import US_PER_DAY as US_PER_DAY
+from features.data.calendar import day_number as day_number
+from features.data.calendar import days_between as days_between
+from features.data.calendar import micros as micros
 
 
 def codes(values: pd.Series, categories: Sequence[Any] | pd.Index) -> np.ndarray:
-    """Integer position of each value in ``categories`` (-1 when absent or missing)."""
+    """Integer position of each value in ``categories`` (-1 when absent or missing).
+
+    Text (the ids) is looked up by Arrow's ``index_in`` on the columns' own Arrow buffers:
+    pandas' ``Index.get_indexer`` on Arrow strings took 0.29 s for 900k activity rows against
+    0.03 s. Anything else (or text Arrow cannot take) goes through ``get_indexer``.
+    """
     cats = pd.Index(categories)
+    if len(values) and len(cats) and _is_text(values.dtype) and _is_text(cats.dtype):
+        try:
+            found = pc.index_in(pa.array(values.array), value_set=pa.array(cats.array))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            pass
+        else:
+            return np.asarray(found.fill_null(-1).to_numpy(), dtype=np.int64)
     return np.asarray(cats.get_indexer(pd.Index(values.astype(object))), dtype=np.int64)
+
+
+def _is_text(dtype: Any) -> bool:
+    return isinstance(dtype, pd.StringDtype)
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: sort, then keep each first of a run.
+
+    ``np.unique`` on int64 is hash-based in numpy 2.4 and sorts the result afterwards; on the
+    ~1M event times of a large store that measured 2.4 s against 0.14 s for this.
+    """
+    ordered = np.sort(np.asarray(values))
+    if len(ordered) == 0:
+        return ordered
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
 
 
 class EventIndex:
@@ -55,7 +74,7 @@ class EventIndex:
         keep = np.flatnonzero((codes >= 0) & (us != NAT))
         order = keep[np.lexsort((us[keep], codes[keep]))]
         self.rows = order  # original row numbers, in key order
-        self.uniq = np.unique(us[order])
+        self.uniq = sorted_unique(us[order])
         self.width = np.int64(len(self.uniq) + 1)
         rank = np.searchsorted(self.uniq, us[order]) + 1
         self.keys = codes[order] * self.width + rank

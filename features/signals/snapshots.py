@@ -5,8 +5,17 @@ point-in-time signals from :mod:`features.signals` (which never read past ``as_o
 labels are joined on afterwards by :func:`outcome_labels`, the only code here that reads the
 future. Keeping them apart lets a test swap the future and show the signals do not move.
 
+A deal entered in the CRM after it closed (``deals.entered_after_close``) has no rows: it was
+never open there, so no model could have scored it.
+
 Censoring: a deal still open at the end of the data (its ``observed_at``, the export time) has no
 outcome yet. Its labels are missing and ``censored`` is 1; it is never counted as a loss.
+
+A won or lost deal without ``closed_at`` (a deals-only export lacking close dates) closed at an
+unknown time by its ``observed_at`` (:func:`features.signals.pointintime.closing_time`): its
+``days_to_close`` is missing, and a won one is ``closed_won_by_quarter_end`` 1 only for quarters
+ending at or after ``observed_at`` (missing for earlier ones: it may or may not have closed by
+then).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.data.calendar import TimeLike, to_timestamp
-from features.data.schema import CanonicalTables, Outcome
+from features.data.schema import CanonicalTables, Outcome, entered_after_close
 from features.data.stages import StageConfig
 from features.signals.driver import compute_signals
 
@@ -67,9 +76,12 @@ def outcome_labels(keys: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
     quarter_end = as_of.dt.to_period("Q").dt.end_time.astype("datetime64[us]")
 
     won_label = np.where(censored, np.nan, won.astype("float64"))
-    by_quarter = np.where(won & (closed_at <= quarter_end).to_numpy(), 1.0, 0.0)
+    # a won deal without a close date closed by its observed_at, when is unknown
+    won_by = closed_at.fillna(horizon).where(won)
+    by_quarter = np.where((won_by <= quarter_end).to_numpy(), 1.0, 0.0)
     # Still open at the end of the data: we only know it missed quarters that ended by then.
     unknown = censored & (quarter_end > horizon).to_numpy()
+    unknown |= won & closed_at.isna().to_numpy() & (quarter_end < horizon).to_numpy()
     by_quarter = np.where(unknown, np.nan, by_quarter)
     day = np.timedelta64(1, "D")
     days = (closed_at.dt.normalize() - as_of.dt.normalize()).to_numpy() / day
@@ -82,6 +94,12 @@ def outcome_labels(keys: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
             "censored": censored.astype("float64"),
         }
     )
+
+
+def _never_open_dropped(signals: pd.DataFrame, tables: CanonicalTables) -> pd.DataFrame:
+    """Rows of deals entered after they closed removed (the module docstring says why)."""
+    never_open = entered_after_close(tables.deals, signals["deal_id"])
+    return signals.loc[~never_open].reset_index(drop=True) if never_open.any() else signals
 
 
 def _chunks(dates: list[pd.Timestamp], size: int) -> Iterable[list[pd.Timestamp]]:
@@ -99,26 +117,40 @@ def build_snapshots(
     custom: Iterable[str] = (),
     chunk_dates: int = 26,
     progress: Progress | None = None,
+    static_custom: Iterable[str] = (),
 ) -> pd.DataFrame:
     """One row per deal open at each snapshot date in [start, end]: signals, then the labels.
 
     Dates after the end of the data are dropped (nothing is known there yet). Dates are processed
     ``chunk_dates`` at a time to bound memory; ``progress(done, total)`` is called per chunk.
+    ``custom`` and ``static_custom`` are passed to
+    :func:`~features.signals.driver.compute_signals` (custom columns are missing before the
+    export unless declared fixed at creation).
     """
     horizon = data_end(tables)
     dates = [d for d in snapshot_dates(start, end, freq) if d <= horizon]
     custom = list(custom)
+    static_custom = list(static_custom)
     parts: list[pd.DataFrame] = []
     cache: dict[str, Any] = {}  # event indexes, built once for all chunks
     done = 0
     for chunk in _chunks(dates, max(chunk_dates, 1)):
-        signals = compute_signals(tables, chunk, stages, open_only=True, custom=custom, cache=cache)
+        signals = compute_signals(
+            tables,
+            chunk,
+            stages,
+            open_only=True,
+            custom=custom,
+            static_custom=static_custom,
+            cache=cache,
+        )
+        signals = _never_open_dropped(signals, tables)
         labels = outcome_labels(signals[["deal_id", "as_of"]], tables.deals)
         parts.append(pd.concat([signals, labels], axis=1))
         done += len(chunk)
         if progress is not None:
             progress(done, len(dates))
     if not parts:
-        empty = compute_signals(tables, [], stages, custom=custom)
+        empty = compute_signals(tables, [], stages, custom=custom, static_custom=static_custom)
         return pd.concat([empty, outcome_labels(empty[["deal_id", "as_of"]], tables.deals)], axis=1)
     return pd.concat(parts, ignore_index=True)

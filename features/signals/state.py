@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from features.data.schema import TRACKED_FIELDS
+from features.signals.pointintime import known_column
 from features.signals.registry import SignalKind, declare
 
 declare("stage", "stage key as of the date", SignalKind.CATEGORY, needs_history=True)
@@ -19,6 +21,13 @@ declare(
 declare("product", "product line (current value, assumed known from creation)", SignalKind.CATEGORY)
 declare(
     "history_known",
-    "1 if tracked fields (amount, dates, category, next step) could be rebuilt as of the date",
+    "1 if every tracked field (amount, dates, category, next step) is known as of the date",
     SignalKind.FLAG,
 )
+for _field in TRACKED_FIELDS:
+    declare(
+        known_column(_field),
+        f"1 if the {_field.replace('_', ' ')} as of the date is known (dated history covers it, "
+        "or the date is at or after the export)",
+        SignalKind.FLAG,
+    )

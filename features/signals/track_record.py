@@ -1,7 +1,8 @@
 """Rep and team track record as of the date: win rate and cycle length, shrunk toward the overall.
 
 Only deals closed on or before ``as_of`` count, and each figure is pulled toward the overall rate
-as of that date (a beta prior), so a rep with two closes is not 0% or 100%.
+as of that date (a beta prior), so a rep with two closes is not 0% or 100%. A deal entered in the
+CRM after it closed counts as a close in the win rate, never in the cycle medians.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.data.schema import Outcome
+from features.data.schema import Outcome, entered_after_close
 from features.signals.events import EventIndex, codes, days_between
 from features.signals.registry import SignalSpec, signal_group
 
@@ -26,7 +27,6 @@ def _track_record(deals: pd.DataFrame, by: str, who: pd.Series, as_of: pd.Series
         deals["outcome"].isin([Outcome.WON.value, Outcome.LOST.value]) & deals["closed_at"].notna()
     ].reset_index(drop=True)
     won = (closed["outcome"] == Outcome.WON.value).to_numpy()
-    cycle = days_between(closed["closed_at"], closed["created_at"]).to_numpy()
     groups = pd.Index(closed[by].dropna().unique())
 
     overall = EventIndex(np.zeros(len(closed), dtype=np.int64), closed["closed_at"])
@@ -34,7 +34,6 @@ def _track_record(deals: pd.DataFrame, by: str, who: pd.Series, as_of: pd.Series
     o_lo, o_hi = overall.start(zero), overall.end(zero, as_of)
     o_n = (o_hi - o_lo).astype("float64")
     o_rate = (overall.cumsum(won)[o_hi] + 1.0) / (o_n + 2.0)  # Laplace: 0.5 before any close
-    o_med = _prefix_medians(cycle[overall.rows], o_lo, o_hi)
 
     mine = EventIndex(codes(closed[by], groups), closed["closed_at"])
     code = codes(who, groups)
@@ -43,12 +42,29 @@ def _track_record(deals: pd.DataFrame, by: str, who: pd.Series, as_of: pd.Series
     wins = np.where(code >= 0, mine.cumsum(won)[hi] - mine.cumsum(won)[lo], 0.0)
     k = WIN_RATE_PRIOR_CLOSES
     rate = (wins + k * o_rate) / (n + k)
-    med = _prefix_medians(cycle[mine.rows], lo, np.where(code >= 0, hi, lo))
-    c = CYCLE_PRIOR_CLOSES
-    cycle_days = np.where(n > 0, (n * np.nan_to_num(med) + c * o_med) / (n + c), o_med)
+    # A deal entered after it closed has no cycle: it counts as a close, not in the medians.
+    timed = closed[~entered_after_close(closed, closed["deal_id"])].reset_index(drop=True)
+    cycle_days = _median_cycles(timed, by, groups, code, as_of)
     return pd.DataFrame(
         {f"{by}_win_rate": rate, f"{by}_n_closed": n, f"{by}_median_cycle_days": cycle_days}
     )
+
+
+def _median_cycles(
+    timed: pd.DataFrame, by: str, groups: pd.Index, code: np.ndarray, as_of: pd.Series
+) -> np.ndarray:
+    """Median created -> closed days of each group's closes by ``as_of``, shrunk toward the
+    overall median by ``CYCLE_PRIOR_CLOSES`` pseudo-closes."""
+    cycle = days_between(timed["closed_at"], timed["created_at"]).to_numpy()
+    overall = EventIndex(np.zeros(len(timed), dtype=np.int64), timed["closed_at"])
+    zero = np.zeros(len(as_of), dtype=np.int64)
+    o_med = _prefix_medians(cycle[overall.rows], overall.start(zero), overall.end(zero, as_of))
+    mine = EventIndex(codes(timed[by], groups), timed["closed_at"])
+    lo, hi = mine.start(code), mine.end(code, as_of)
+    n = np.where(code >= 0, hi - lo, 0).astype("float64")
+    med = _prefix_medians(cycle[mine.rows], lo, np.where(code >= 0, hi, lo))
+    c = CYCLE_PRIOR_CLOSES
+    return np.where(n > 0, (n * np.nan_to_num(med) + c * o_med) / (n + c), o_med)
 
 
 def _prefix_medians(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -57,9 +73,20 @@ def _prefix_medians(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nd
     has = hi > lo
     if not has.any():
         return out
-    pairs, inverse = np.unique(np.stack([lo[has], hi[has]], axis=1), axis=0, return_inverse=True)
-    meds = np.array([np.median(values[a:b]) for a, b in pairs])
-    out[has] = meds[inverse.ravel()]
+    # Distinct (lo, hi) pairs as one int64 key each, found by sorting: np.unique(axis=0) on the
+    # stacked pairs took ~35 ms a call on a 20k-deal snapshot chunk, this a few.
+    a, b = lo[has].astype(np.int64), hi[has].astype(np.int64)
+    key = a * (int(b.max()) + 1) + b
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(len(key), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    starts = order[first]
+    meds = np.array([np.median(values[a[i] : b[i]]) for i in starts])
+    out[has] = meds[inverse]
     return out
 
 

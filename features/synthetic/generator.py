@@ -12,11 +12,12 @@ random state, no clock), so 100k deals take seconds rather than minutes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ from features.data.schema import (
     TargetScope,
 )
 from features.data.stages import StageConfig, load_stage_config
+from features.errors import InputError
 
 FloatArr = npt.NDArray[np.float64]
 IntArr = npt.NDArray[np.int64]
@@ -142,6 +144,8 @@ OTHER_ROLE_P = np.array([0.25, 0.15, 0.2, 0.2, 0.12, 0.08])
 MONTH_WEIGHT = np.array([0.9, 1.0, 1.1, 1.05, 1.0, 0.95, 0.8, 0.6, 1.1, 1.15, 1.05, 0.7])
 ANNUAL_GROWTH = 0.12
 SHOCK_SD = 0.45
+# How strongly the quarter shock at a stage's exit moves the chance of advancing (logit scale).
+EXIT_SHOCK_COEF = 0.6
 FC_CODES = (
     ForecastCategory.PIPELINE,
     ForecastCategory.BEST_CASE,
@@ -163,6 +167,8 @@ class GeneratedData:
     quarter_shocks: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame({"quarter": [], "shock": []})
     )
+    # The model behind the outcomes, for an oracle (see ``_Simulation._oracle_params``).
+    oracle: dict[str, Any] = field(default_factory=dict)
 
 
 def _sigmoid(x: FloatArr) -> FloatArr:
@@ -284,9 +290,9 @@ def generate(
     fate past the export is in the truth frame.
     """
     if n_deals < 1:
-        raise ValueError(f"n_deals must be at least 1, got {n_deals}")
+        raise InputError(f"the number of deals must be at least 1, got {n_deals}")
     if end <= start:
-        raise ValueError(f"end ({end}) must be after start ({start})")
+        raise InputError(f"the end ({end}) must be after the start ({start})")
     cfg = stages if stages is not None else load_stage_config()
     report = progress if progress is not None else (lambda done, total: None)
     report(0, n_deals)
@@ -352,7 +358,9 @@ class _Simulation:
             targets=targets,
         )
         self.report(self.n, self.n)
-        return GeneratedData(tables=tables, truth=truth, quarter_shocks=shocks)
+        return GeneratedData(
+            tables=tables, truth=truth, quarter_shocks=shocks, oracle=self._oracle_params()
+        )
 
     def _organisation(self) -> None:
         """Teams and reps; reps differ in skill, optimism, activity level and CRM hygiene."""
@@ -445,8 +453,9 @@ class _Simulation:
         seg_eff = np.array([0.1, 0.0, -0.15])[self.segment]
         common = 1.0 * q + skill + seg_eff - 0.15 * self.competitor
         logit = intercept[None, :] + common[:, None]
+        self.adv_intercept, self.logit_common = intercept, common  # the oracle's inputs
         exit_shock = self.shock[self.clock.quarter_of(entries[:, 1:].ravel())].reshape(n, K)
-        p_adv = _sigmoid(logit + 0.6 * exit_shock)
+        p_adv = _sigmoid(logit + EXIT_SHOCK_COEF * exit_shock)
         self.p_win_true = p_adv.prod(axis=1)
         self.p_win_base = _sigmoid(logit).prod(axis=1)
         fail = rng.random((n, K)) >= p_adv
@@ -463,6 +472,7 @@ class _Simulation:
         # (the cleanup the seed asks for), or never.
         z_p = _sigmoid(-1.4 - 0.5 * q + 6.0 * (self.rep_sloppiness[self.rep] - 0.1))
         self.zombie = ~self.won & (rng.random(n) < z_p)
+        self.zombie_p = z_p
         stale = entries[idx, lk] + durations[idx, lk] * rng.uniform(0.1, 0.7, n)
         cleanup = stale + 90.0 + rng.exponential(120.0, n)
         cleanup[rng.random(n) < 0.08] = np.inf
@@ -1017,8 +1027,31 @@ class _Simulation:
                 "close_quarter_shock": np.where(
                     np.isfinite(self.t_end), self.shock[close_q], np.nan
                 ),
+                # The oracle's inputs: the deal's shared advance logit (quality, rep and team
+                # skill, segment, competitor), its chance of going silent if it is lost, and when
+                # it entered each open stage on its true path (also past the export).
+                "logit_common": self.logit_common,
+                "zombie_probability": self.zombie_p,
+                **{
+                    f"entered_{s.key}": clock.timestamps(
+                        np.where(k <= self.last_k, self.entries[:, k], np.nan)
+                    )
+                    for k, s in enumerate(self.open_stages)
+                },
             }
         )
+
+    def _oracle_params(self) -> dict[str, Any]:
+        """The outcome model shared by all deals: with the truth's per-deal ``logit_common`` it
+        gives P(advance out of open stage k) = sigmoid(intercept_k + logit_common
+        + exit_shock_coef * shock), the shock of the quarter the stage is left in ~ N(0, shock_sd).
+        """
+        return {
+            "stages": [s.key for s in self.open_stages],
+            "advance_intercepts": [float(v) for v in self.adv_intercept],
+            "exit_shock_coef": EXIT_SHOCK_COEF,
+            "shock_sd": SHOCK_SD,
+        }
 
 
 def write_dataset(
@@ -1030,9 +1063,14 @@ def write_dataset(
     sees it.
     """
     if fmt not in ("parquet", "csv"):
-        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
+        raise InputError(f"the format must be 'parquet' or 'csv', got {fmt!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} exists and is not a folder; give a folder to write into")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{out_dir}: cannot create the folder ({err.strerror})") from None
     written: list[Path] = []
     for name, frame in data.tables.items():
         path = out_dir / f"{name}.{fmt}"
@@ -1046,5 +1084,9 @@ def write_dataset(
     for name, frame in (("truth", data.truth), ("quarter_shocks", data.quarter_shocks)):
         path = truth_dir / f"{name}.parquet"
         frame.to_parquet(path, index=False)
+        written.append(path)
+    if data.oracle:
+        path = truth_dir / "oracle.json"
+        path.write_text(json.dumps(data.oracle, indent=2) + "\n")
         written.append(path)
     return written

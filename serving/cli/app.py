@@ -4,16 +4,16 @@ Every command is registered through :class:`PipecastApp`, which runs it inside o
 
 - a :class:`~features.errors.PipecastError` (bad input, a refused import, a busy store...) prints
   its message, no traceback, and exits with the error's ``exit_code``;
-- Ctrl-C prints "interrupted" and exits 130 (a load in progress rolls back);
+- Ctrl-C prints "interrupted" and exits 130 (a load in progress leaves the store as it was);
 - anything else is a bug: one line saying so, the exception and where it was raised, exit 70.
 
 ``pipecast --debug CMD`` (or ``PIPECAST_DEBUG=1``) lets the exception through with its traceback.
+Messages pass through :func:`serving.cli.common.safe_text`: they may quote values of an export.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import typer
 
 from features.errors import PipecastError
+from features.settings import get_settings
+from serving.cli.common import safe_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
@@ -35,9 +37,12 @@ _invocation = {"debug": False}
 
 def debugging() -> bool:
     """True when ``--debug`` was given to the app (or ``PIPECAST_DEBUG`` is set)."""
-    if os.environ.get("PIPECAST_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+    if _invocation["debug"]:
         return True
-    return _invocation["debug"]
+    try:
+        return get_settings().debug
+    except PipecastError:  # an invalid environment is reported by the command itself
+        return False
 
 
 def _framework(err: BaseException) -> bool:
@@ -67,17 +72,25 @@ def guarded(fn: F) -> F:
         except PipecastError as err:
             if debugging():
                 raise
-            typer.secho(str(err), fg="red", err=True)
+            typer.secho(safe_text(err), fg="red", err=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            typer.secho("interrupted: nothing was changed", fg="red", err=True)
+            if debugging():
+                raise
+            typer.secho(
+                "interrupted: stopped before the end (a load that had not finished left the "
+                "store as it was)",
+                fg="red",
+                err=True,
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as err:
             if debugging() or _framework(err):
                 raise
             typer.secho(
-                f"internal error (a bug in pipecast, please report it): {type(err).__name__}: "
-                f"{err} [at {_where(err)}]; run `pipecast --debug ...` for the traceback",
+                "internal error (a bug in pipecast, please report it): "
+                + safe_text(f"{type(err).__name__}: {err} [at {_where(err)}]")
+                + "; run `pipecast --debug ...` for the traceback",
                 fg="red",
                 err=True,
             )
@@ -109,8 +122,10 @@ app = PipecastApp(
 @app.callback()
 def main(
     debug: bool = typer.Option(
-        False, "--debug", help="show the full traceback of an error", envvar="PIPECAST_DEBUG"
+        False, "--debug", help="show the full traceback of an error (or PIPECAST_DEBUG=1)"
     ),
 ) -> None:
     """pipecast: probabilistic pipeline forecasting and deal scoring."""
     _invocation["debug"] = debug
+    # Each invocation reads the environment afresh (tests run many invocations in one process).
+    get_settings.cache_clear()

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from features.settings import DEFAULT_DB
 from serving.cli import common as cli_common
 from serving.cli.common import DbOption, JsonOption, StagesOption
 
@@ -65,7 +66,7 @@ def forecast(
     ] = None,
     team: TeamOption = None,
     owner: OwnerOption = None,
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = DEFAULT_DB,
     stages: StagesOption = None,
     json: JsonOption = False,
     plot: PlotOption = None,
@@ -231,7 +232,7 @@ def backtest(
         str | None, typer.Option("--quarters", help="A..B (default: the last 8 complete)")
     ] = None,
     weeks: Annotated[str, typer.Option("--weeks", help="weeks of quarter, e.g. 1,4,8")] = "1,4,8",
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = DEFAULT_DB,
     stages: StagesOption = None,
     json: JsonOption = False,
     plot: PlotOption = None,

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from features.errors import InputError
 from serving.cli import common as cli_common
-from serving.cli.common import AsOfOption, DbOption, JsonOption, StagesOption
+from serving.cli.common import AsOfOption, DbOption, JsonOption, StagesOption, console
 
 TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
 OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
@@ -32,6 +32,15 @@ def _num(value: float | None, fmt: str = ".0f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _unknown(count: int, what: str = "amount") -> str:
+    """The note beside a sum: how many deals it could not add (their value is unknown)."""
+    return f"{count} with unknown {what}" if count else ""
+
+
+def _notes(*notes: str) -> str:
+    return ", ".join(n for n in notes if n)
+
+
 def _net_change(c: Any) -> str:
     """One line per field: last change date, net change (stage path if it moved more than once)."""
     moves = " -> ".join(str(v) for v in c.path) if c.path else f"{c.old} -> {c.new}"
@@ -41,21 +50,35 @@ def _net_change(c: Any) -> str:
 
 def _print_metrics(m: Any) -> None:
     """Render a PipelineMetrics as a handful of tables."""
-    console = Console()
+    out = console()
     scope = m.owner or m.team or "company"
-    head = Table("metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}")
+    unit = f", amounts in {m.currency}" if m.currency else ""
+    head = Table(
+        "metric", "value", "note", title=f"Pipeline {scope} as of {m.as_of:%Y-%m-%d}{unit}"
+    )
     cov, w = m.coverage, m.weighted
     rows = [
-        ("open pipeline", f"{_money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)", ""),
+        (
+            "open pipeline",
+            f"{_money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)",
+            _unknown(m.open_pipeline.amount_unknown),
+        ),
         (
             f"closing {m.quarter}",
             f"{_money(m.closing_this_quarter.value)} ({m.closing_this_quarter.count} deals)",
-            "",
+            _notes(
+                _unknown(m.closing_this_quarter.amount_unknown),
+                _unknown(cov.close_date_unknown, "close date (open, not counted)"),
+            ),
         ),
         ("target", _money(cov.target), cov.target_scope or ""),
         ("coverage", f"{_num(cov.ratio, '.2f')}x", cov.band),
-        ("won this quarter", _money(cov.won_this_quarter), ""),
-        ("weighted pipeline (all open)", _money(w.all_open), f"{w.unknown_stage_count} unknown"),
+        ("won this quarter", _money(cov.won_this_quarter), _unknown(cov.won_amount_unknown)),
+        (
+            "weighted pipeline (all open)",
+            _money(w.all_open),
+            _notes(f"{w.unknown_stage_count} with unknown stage", _unknown(w.unknown_amount_count)),
+        ),
         (
             f"weighted closing {m.quarter}",
             _money(w.closing_this_quarter),
@@ -64,7 +87,7 @@ def _print_metrics(m: Any) -> None:
         (
             "new pipeline this quarter",
             f"{_money(m.new_pipeline.value)} ({m.new_pipeline.count} deals)",
-            "",
+            _unknown(m.new_pipeline.amount_unknown),
         ),
         (
             "velocity (created -> closed)",
@@ -86,7 +109,10 @@ def _print_metrics(m: Any) -> None:
         (
             "average deal size",
             _money(m.average_deal_size.average),
-            f"{m.average_deal_size.won_count} won",
+            _notes(
+                f"{m.average_deal_size.won_count} won",
+                _unknown(m.average_deal_size.amount_unknown),
+            ),
         ),
         (
             "sales cycle (won)",
@@ -108,7 +134,7 @@ def _print_metrics(m: Any) -> None:
     ]
     for row in rows:
         head.add_row(*row)
-    console.print(head)
+    out.print(head)
 
     stages = Table(
         "stage",
@@ -134,19 +160,19 @@ def _print_metrics(m: Any) -> None:
             str(t.open_outliers),
             _num(t.completed_median_days),
         )
-    console.print(stages)
+    out.print(stages)
     if m.loss_reasons:
         losses = Table("loss reason", "deals", "value", "share", title="Loss reasons")
         for r in m.loss_reasons:
             losses.add_row(r.reason, str(r.count), _money(r.value), _pct(r.share))
-        console.print(losses)
+        out.print(losses)
 
 
 def metrics(
     as_of: AsOfOption,
     team: TeamOption = None,
     owner: OwnerOption = None,
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     json: JsonOption = False,
     plot: Annotated[
@@ -158,8 +184,10 @@ def metrics(
     from features.pipeline.metrics import compute_metrics
 
     when = cli_common.parse_as_of(as_of)
-    if plot is not None and not plot.parent.is_dir():
-        raise cli_common.fail(f"--plot: no such directory {plot.parent}")
+    if plot is not None:
+        plot = cli_common.output_file(plot, "--plot")
+        if not plot.parent.is_dir():
+            raise InputError(f"--plot: no such directory {plot.parent}")
     ctx = cli_common.open_context(db, stages)
     result = compute_metrics(ctx.tables, ctx.stages, when, team=team, owner=owner)
     if json:
@@ -171,20 +199,20 @@ def metrics(
 
         written = plot_pipeline(result, ctx.stages, plot)
         # stderr with --json, so stdout stays one parseable document
-        typer.echo(f"plot written to {written}", err=json)
+        cli_common.echo(f"plot written to {written}", err=json)
 
 
 def hygiene(
     as_of: AsOfOption,
     owner: OwnerOption = None,
     team: TeamOption = None,
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     json: JsonOption = False,
 ) -> None:
     """Hygiene flags of open deals as of a date (zombie deals, missing next steps, ...)."""
     from features.pipeline.hygiene import hygiene_flags, stage_outliers
-    from features.pipeline.metrics import jsonable
+    from features.serialize import jsonable
 
     when = cli_common.parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
@@ -199,16 +227,16 @@ def hygiene(
             }
         )
         return
-    console = Console()
+    out = console()
     table = Table(
         "deal", "owner", "rule", "severity", "message", title=f"Hygiene as of {when:%Y-%m-%d}"
     )
     for f in flags:
         table.add_row(f.deal_id, f.owner, f.rule.value, f.severity.value, f.message)
-    console.print(table)
+    out.print(table)
     for o in outliers:
-        console.print(o.message)
-    console.print(f"{len(flags)} flags on {len({f.deal_id for f in flags})} deals")
+        out.print(o.message)
+    out.print(f"{len(flags)} flags on {len({f.deal_id for f in flags})} deals")
 
 
 def review(
@@ -221,7 +249,7 @@ def review(
     sort_by: Annotated[
         str, typer.Option("--sort", help="amount (largest first) or expected_close")
     ] = "amount",
-    db: DbOption = cli_common.DEFAULT_DB,
+    db: DbOption = None,
     stages: StagesOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -229,7 +257,7 @@ def review(
     from features.pipeline.review import review_pack
 
     if sort_by not in ("amount", "expected_close"):
-        raise cli_common.fail(f"--sort: expected 'amount' or 'expected_close', got {sort_by!r}")
+        raise InputError(f"--sort: expected 'amount' or 'expected_close', got {sort_by!r}")
     when = cli_common.parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
     pack = review_pack(
@@ -277,7 +305,13 @@ def review(
             ", ".join(f.rule.value for f in d.flags) or "-",
             d.risk_note or "-",
         )
-    Console(width=200).print(table)
+    out = console(width=200)
+    out.print(table)
+    if pack.amount_unknown:
+        out.print(
+            f"{pack.amount_unknown} open deals with an unknown amount as of {when:%Y-%m-%d} "
+            "could not be compared with the threshold"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -13,14 +13,16 @@ import numpy as np
 import pandas as pd
 import typer
 
+from features.errors import InputError, NotFoundError
 from serving.cli import common as cli_common
 from serving.cli.common import (
-    DEFAULT_DB,
     AsOfOption,
     DbOption,
     JsonOption,
     StagesOption,
-    fail,
+    console,
+    echo,
+    output_file,
     parse_as_of,
     print_json,
 )
@@ -41,7 +43,19 @@ KEY_SIGNALS: tuple[tuple[str, str], ...] = (
 
 CustomOption = Annotated[
     list[str] | None,
-    typer.Option("--custom", help="mapped custom column to include (repeatable), e.g. industry"),
+    typer.Option(
+        "--custom",
+        help="mapped custom column to include (repeatable), e.g. industry; it carries no "
+        "history, so it is missing before the export unless given with --static-custom",
+    ),
+]
+StaticCustomOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--static-custom",
+        help="custom column declared fixed at creation (repeatable): included, and known at "
+        "every date (check it with `pipecast audit`)",
+    ),
 ]
 
 
@@ -70,52 +84,53 @@ def signals(
     ] = None,
     owner: Annotated[str | None, typer.Option("--owner", help="only this rep's deals")] = None,
     custom: CustomOption = None,
-    db: DbOption = DEFAULT_DB,
+    static_custom: StaticCustomOption = None,
+    db: DbOption = None,
     stages: StagesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Point-in-time signals of the open deals as of a date (what a model saw then)."""
-    from rich.console import Console
     from rich.table import Table
 
+    from features.pipeline.scope import check_scope
     from features.signals import SIGNALS, compute_signals
 
     when = parse_as_of(as_of)
     ctx = cli_common.open_context(db, stages)
-    try:
-        frame = compute_signals(
-            ctx.tables,
-            [when],
-            ctx.stages,
-            deal_ids=[deal] if deal else None,
-            custom=custom or (),
-        )
-    except KeyError as err:
-        raise fail(str(err.args[0])) from None
+    # An owner nobody carries is a typo, not a rep without deals: as in metrics/hygiene/review.
+    check_scope(ctx.tables, team=None, owner=owner)
+    frame = compute_signals(
+        ctx.tables,
+        [when],
+        ctx.stages,
+        deal_ids=[deal] if deal else None,
+        custom=custom or (),
+        static_custom=static_custom or (),
+    )
     if owner:
         frame = frame[frame["owner"] == owner]
     if deal and frame.empty:
-        raise fail(f"deal {deal!r} was not open on {when.date()} (or does not exist)")
+        raise NotFoundError(f"--deal: {deal!r} was not open on {when.date()} (or does not exist)")
     frame = frame.reset_index(drop=True)
 
     if as_json:
         print_json({"as_of": when, "deals": _records(frame)})
         return
-    console = Console()
+    out = console()
     if deal:
         row = frame.iloc[0]
         table = Table("signal", "value", "meaning", title=f"{deal} as of {when.date()}")
         for col in frame.columns:
             spec = SIGNALS.get(col)
             table.add_row(col, _cell(row[col]), spec.description if spec else "")
-        console.print(table)
+        out.print(table)
         return
     headers = [h for _, h in KEY_SIGNALS]
     table = Table("deal", "owner", *headers, title=f"open deals as of {when.date()}")
     for _, r in frame.iterrows():
         table.add_row(r["deal_id"], _cell(r["owner"]), *(_cell(r[c]) for c, _ in KEY_SIGNALS))
-    console.print(table)
-    console.print(f"{len(frame)} open deals")
+    out.print(table)
+    out.print(f"{len(frame)} open deals")
 
 
 def snapshots(
@@ -124,7 +139,8 @@ def snapshots(
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
     freq: Annotated[str, typer.Option("--freq", help="pandas date frequency")] = "W-MON",
     custom: CustomOption = None,
-    db: DbOption = DEFAULT_DB,
+    static_custom: StaticCustomOption = None,
+    db: DbOption = None,
     stages: StagesOption = None,
 ) -> None:
     """Write labelled training snapshots (open deals at each date, signals and outcomes)."""
@@ -132,13 +148,15 @@ def snapshots(
 
     from features.signals.snapshots import build_snapshots
 
-    start_ts, end_ts = parse_as_of(start), parse_as_of(end)
+    start_ts = cli_common.parse_time(start, "--start")
+    end_ts = cli_common.parse_time(end, "--end")
     if end_ts < start_ts:
-        raise fail(f"--end ({end}) is before --start ({start})")
+        raise InputError(f"--end ({end}) is before --start ({start})")
     try:
         pd.date_range(start_ts.normalize(), end_ts.normalize(), freq=freq)
     except ValueError as err:
-        raise fail(f"--freq: {err}") from None
+        raise InputError(f"--freq: {err}") from None
+    out = output_file(out, "--out")
     ctx = cli_common.open_context(db, stages)
     with Progress(
         TextColumn("snapshot dates"), BarColumn(), MofNCompleteColumn(), transient=True
@@ -148,23 +166,21 @@ def snapshots(
         def tick(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        try:
-            frame = build_snapshots(
-                ctx.tables,
-                ctx.stages,
-                start=start_ts,
-                end=end_ts,
-                freq=freq,
-                custom=custom or (),
-                progress=tick,
-            )
-        except KeyError as err:
-            raise fail(str(err.args[0])) from None
+        frame = build_snapshots(
+            ctx.tables,
+            ctx.stages,
+            start=start_ts,
+            end=end_ts,
+            freq=freq,
+            custom=custom or (),
+            static_custom=static_custom or (),
+            progress=tick,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
     n_dates = frame["as_of"].nunique()
     censored = int(frame["censored"].sum()) if len(frame) else 0
-    typer.echo(
+    echo(
         f"wrote {len(frame):,} rows ({n_dates} dates, {frame['deal_id'].nunique():,} deals, "
         f"{censored:,} censored) to {out}"
     )

@@ -1,0 +1,169 @@
+"""Which snapshot columns are model features, and how they are encoded for LightGBM.
+
+Features are the point-in-time signals of :data:`features.signals.SIGNALS` and the custom columns
+mapped in at import, minus identifiers (never features) and two signals that count closes since
+the start of the data (``owner_n_closed``, ``team_n_closed``): they grow with the calendar, so a
+tree model reads them as a clock and extrapolates badly to later quarters; the shrunk win rates
+carry a rep's experience instead.
+
+:class:`SnapshotEncoder` fixes everything learned from data at fit time (the categories of each
+categorical column, which custom columns hold dates), so training and serving encode alike:
+
+- categorical signals and text custom columns become pandas ``category`` columns with the
+  categories seen at fit (rare ones, and values first seen later, become ``(other)``);
+- a custom column holding dates (a "contract sent date") becomes days since that date, and is
+  missing while the date is still after as-of: the export's value would tell the future;
+- a custom column the stage configuration requires in stage *k* (``custom:decision_criteria``)
+  is missing on rows still before stage *k*: it is filled when the deal gets there, so its
+  exported value on an earlier row says the deal got there;
+- missing numbers stay missing (NaN): LightGBM learns at each split where unknowns go, and the
+  ``*_known`` flags tell it *why* a value is missing (a deals-only import), instead of a guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from features.data.schema import CUSTOM_PREFIX
+from features.data.stages import StageConfig
+from features.signals import SIGNALS, SignalKind
+from training.datasets import check_feature_columns
+
+# Counts of closes since the data began: a clock, not a property of the deal (module docstring).
+NON_STATIONARY = frozenset({"owner_n_closed", "team_n_closed"})
+OTHER = "(other)"
+
+
+def candidate_features(columns: list[str], exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Signals (registry order) and custom columns present in ``columns``, minus exclusions."""
+    present = set(columns)
+    names = [s for s in SIGNALS if s in present and s not in NON_STATIONARY]
+    names += [c for c in columns if c.startswith(CUSTOM_PREFIX) and c not in names]
+    return [n for n in names if n not in set(exclude)]
+
+
+def custom_stage_orders(stages: StageConfig) -> dict[str, float]:
+    """``custom_<name>`` -> order of the first stage whose required fields ask for it."""
+    out: dict[str, float] = {}
+    for stage in sorted(stages.stages, key=lambda s: s.order):
+        for req in stage.required_fields:
+            if req.field.startswith("custom:"):
+                out.setdefault(CUSTOM_PREFIX + req.field.split(":", 1)[1], float(stage.order))
+    return out
+
+
+def _is_categorical(name: str, values: pd.Series) -> bool:
+    spec = SIGNALS.get(name)
+    if spec is not None:
+        return spec.kind is SignalKind.CATEGORY
+    return not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+
+
+def _looks_like_dates(values: pd.Series) -> bool:
+    text = values.dropna().astype(str)
+    if text.empty:
+        return False
+    parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    return bool(parsed.notna().mean() >= 0.9) and bool(text.str.contains(r"\d{4}").mean() >= 0.9)
+
+
+class SnapshotEncoder(TransformerMixin, BaseEstimator):
+    """Select and encode feature columns of snapshot rows (see the module docstring).
+
+    Parameters
+    ----------
+    features : list of str or None
+        Columns to use; None takes :func:`candidate_features` of the frame given to ``fit``.
+    exclude : list of str
+        Columns never to use.
+    known_from_stage : dict or None
+        ``custom_<name>`` -> stage order from which its value is known (see
+        :func:`custom_stage_orders`).
+    min_category_count : int
+        Categories seen fewer times at fit become ``(other)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        features: list[str] | None = None,
+        exclude: list[str] | tuple[str, ...] = (),
+        known_from_stage: dict[str, float] | None = None,
+        min_category_count: int = 20,
+    ) -> None:
+        self.features = features
+        self.exclude = exclude
+        self.known_from_stage = known_from_stage
+        self.min_category_count = min_category_count
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> SnapshotEncoder:
+        cols = list(self.features) if self.features is not None else None
+        names = cols if cols is not None else candidate_features(list(X.columns), self.exclude)
+        check_feature_columns(names)
+        missing = [n for n in names if n not in X.columns]
+        if missing:
+            raise KeyError(f"feature column(s) {missing} are not in the snapshot rows")
+        self.date_columns_ = [
+            n for n in names if n.startswith(CUSTOM_PREFIX) and _looks_like_dates(X[n])
+        ]
+        self.categories_: dict[str, list[str]] = {}
+        for n in names:
+            if n in self.date_columns_ or not _is_categorical(n, X[n]):
+                continue
+            counts = X[n].dropna().astype(str).value_counts()
+            keep = sorted(counts[counts >= self.min_category_count].index.tolist())
+            self.categories_[n] = [*keep, OTHER]
+        self.feature_names_ = names
+        self.n_features_in_ = len(names)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        check_is_fitted(self, "feature_names_")
+        out: dict[str, Any] = {}
+        as_of = pd.to_datetime(X["as_of"]) if "as_of" in X.columns else None
+        for n in self.feature_names_:
+            values = X[n] if n in X.columns else pd.Series(np.nan, index=X.index)
+            if n in self.date_columns_:
+                out[n] = self._days_since(values, as_of)
+            elif n in self.categories_:
+                out[n] = self._category(n, values)
+            else:
+                out[n] = pd.to_numeric(values, errors="coerce").astype("float64")
+        frame = pd.DataFrame(out, index=X.index)
+        return self._mask_by_stage(frame, X)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "feature_names_")
+        return np.asarray(self.feature_names_, dtype=object)
+
+    # --- encodings ---------------------------------------------------------------------------
+    def _category(self, name: str, values: pd.Series) -> pd.Categorical:
+        cats = self.categories_[name]
+        text = values.astype(object).where(values.notna(), None)
+        text = text.map(lambda v: v if v is None else str(v))
+        known = text.isin(cats[:-1]) | text.isna()
+        return pd.Categorical(text.where(known, OTHER), categories=cats)
+
+    @staticmethod
+    def _days_since(values: pd.Series, as_of: pd.Series | None) -> pd.Series:
+        if as_of is None:
+            raise KeyError("date-valued custom columns need the snapshot's as_of column")
+        when = pd.to_datetime(values.astype(object), errors="coerce", format="mixed")
+        days = (as_of.dt.normalize() - when.dt.normalize()).dt.days.astype("float64")
+        return days.where(days >= 0)  # a date after as-of had not happened yet
+
+    def _mask_by_stage(self, frame: pd.DataFrame, X: pd.DataFrame) -> pd.DataFrame:
+        orders = self.known_from_stage or {}
+        if not orders or "stage_order" not in X.columns:
+            return frame
+        stage = pd.to_numeric(X["stage_order"], errors="coerce")
+        for col, order in orders.items():
+            if col in frame.columns:
+                # unknown stage (deals-only import): the value's age is unknown too
+                frame[col] = frame[col].where(stage >= order)
+        return frame

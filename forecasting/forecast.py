@@ -6,6 +6,17 @@ the quarter's end and puts every method side by side for a scope (company, team 
 ``explain`` it also says why: the deals that move the P50 most (the P50 when the deal is won
 against when it is not) and the distribution if the deals the reps expect this quarter all closed
 in time when they win (the slipping deals pulled in).
+
+For the API: :class:`ForecastService` holds one store's tables, an engine (deal models fitted per
+past quarter, rebuilt past pipelines) and the posteriors fitted per forecast date; its
+:meth:`ForecastService.forecast` builds the :class:`Forecast` for ``(as_of, team, owner)``,
+scoring the open pipeline with the served models (``served``, e.g. the champion
+``training.FittedModels``) when they were fitted on or before ``as_of`` and reusing the fitted
+posterior of that date for every scope::
+
+    service = ForecastService(tables, stages, served=champion)
+    fc = service.forecast(pd.Timestamp("2025-11-15"), team="DACH")
+    fc.to_dict()
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from features.signals.pointintime import deal_states_as_of
 from forecasting.history import ScorerCache, build_fit_data
 from forecasting.model import FittedForecastModel, ModelConfig, fit
 from forecasting.rules import actual, rule_forecasts
+from forecasting.scoring import ModelScorers, Scorer, ScorerFactory
 from forecasting.simulate import NewBusiness, Posterior, SimOptions, SimResult, simulate
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -132,6 +144,9 @@ class ForecastEngine:
     scorers: ScorerCache
     config: ModelConfig = field(default_factory=ModelConfig)
     options: SimOptions = field(default_factory=SimOptions)
+    # Scores the open pipeline instead of the quarter's own scorer (the served models), where
+    # fitted on or before the forecast date: a model fitted later has seen outcomes after it.
+    served: Scorer | None = None
 
     def fit_model(self, as_of: pd.Timestamp) -> tuple[FittedForecastModel, dict[str, Any]]:
         fd = build_fit_data(
@@ -139,7 +154,16 @@ class ForecastEngine:
         )
         return fit(fd, self.config), {"nb_share": fd.nb_share, **fd.meta}
 
+    def served_for(self, as_of: pd.Timestamp) -> Scorer | None:
+        cutoff = getattr(self.served, "cutoff", None)
+        if self.served is None or cutoff is None or pd.Timestamp(cutoff) > as_of:
+            return None
+        return self.served
+
     def scored(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        served = self.served_for(pd.Timestamp(as_of))
+        if served is not None:
+            return served.score(self.tables, self.stages, as_of).reset_index(drop=True)
         quarter = quarter_of(as_of)
         scorer = self.scorers.for_quarter(self.tables, self.stages, quarter)
         if scorer is None:
@@ -288,6 +312,8 @@ def run_forecast(
             "config_hash": model.config_hash,
             "as_of": model.as_of,
             "history_quarters": model.levels["quarters"],
+            "scorer": "served" if engine.served_for(as_of) else engine.scorers.method(quarter),
+            "history_scorers": {q: engine.scorers.method(q) for q in model.levels["quarters"]},
             "diagnostics": jsonable(model.diagnostics),
             "promotable": model.diagnostics.ok(model.config),
             "open_deals": len(deals),
@@ -330,3 +356,54 @@ def _subset(sim: SimResult, keep: np.ndarray) -> SimResult:
 
 def _replace(result: Forecast, **changes: Any) -> Forecast:
     return dataclasses.replace(result, **changes)
+
+
+class ForecastService:
+    """One store's forecasts for the API: fitted deal models, past pipelines and posteriors kept
+    and reused across requests (see the module docstring)."""
+
+    def __init__(
+        self,
+        tables: CanonicalTables,
+        stages: StageConfig,
+        *,
+        served: Scorer | None = None,
+        factory: ScorerFactory | None = None,
+        config: ModelConfig | None = None,
+        options: SimOptions | None = None,
+    ) -> None:
+        self.engine = ForecastEngine(
+            tables,
+            stages,
+            ScorerCache(factory if factory is not None else ModelScorers()),
+            config or ModelConfig(),
+            options or SimOptions(),
+            served=served,
+        )
+        self._posteriors: dict[pd.Timestamp, tuple[FittedForecastModel, dict[str, Any]]] = {}
+
+    def posterior(self, as_of: pd.Timestamp) -> tuple[FittedForecastModel, dict[str, Any]]:
+        """The posterior fitted for ``as_of`` (fitted on first use, then reused)."""
+        as_of = pd.Timestamp(as_of)
+        if as_of not in self._posteriors:
+            self._posteriors[as_of] = self.engine.fit_model(as_of)
+        return self._posteriors[as_of]
+
+    def forecast(
+        self,
+        as_of: pd.Timestamp,
+        *,
+        team: str | None = None,
+        owner: str | None = None,
+        explain: bool = False,
+    ) -> Forecast:
+        """The :class:`Forecast` of ``as_of``'s quarter for a scope (company, team or rep)."""
+        as_of = pd.Timestamp(as_of)
+        return run_forecast(
+            self.engine,
+            as_of,
+            team=team,
+            owner=owner,
+            explain=explain,
+            fitted=self.posterior(as_of),
+        )

@@ -94,6 +94,16 @@ class ScorerCache:
                 self._fitted[quarter] = None
         return self._fitted[quarter]
 
+    def method(self, quarter: str) -> str:
+        """How the quarter's deals were scored: 'models', 'stage_history' (or the factory's
+        name), 'none' when nothing could be fitted."""
+        if self._fitted.get(quarter) is None:
+            return "none"
+        methods = getattr(self.factory, "methods", None)
+        if isinstance(methods, dict):
+            return str(methods.get(scorer_cutoff(quarter), "unknown"))
+        return str(getattr(self.factory, "__name__", type(self.factory).__name__))
+
 
 @dataclass(frozen=True)
 class FitData:

@@ -25,6 +25,25 @@ OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one r
 PlotOption = Annotated[Path | None, typer.Option("--plot", help="write a PNG chart here")]
 ScenariosOption = Annotated[int, typer.Option("--scenarios", min=200, help="Monte Carlo scenarios")]
 SeedOption = Annotated[int, typer.Option("--seed", help="seed of sampling and simulation")]
+ScorerOption = Annotated[
+    str,
+    typer.Option(
+        "--scorer",
+        help="deal scores: 'models' (win and slip models refitted per quarter, stage history "
+        "where too little had closed) or 'stage-history' (the baseline alone)",
+    ),
+]
+
+
+def _factory(scorer: str) -> Any:
+    from features.errors import InputError
+    from forecasting.scoring import ModelScorers, fit_stage_history
+
+    if scorer == "models":
+        return ModelScorers()
+    if scorer == "stage-history":
+        return fit_stage_history
+    raise InputError(f"--scorer: {scorer!r} is not one of 'models', 'stage-history'")
 
 
 def _money(value: float | None) -> str:
@@ -72,6 +91,7 @@ def forecast(
     plot: PlotOption = None,
     scenarios: ScenariosOption = 4000,
     seed: SeedOption = 0,
+    scorer: ScorerOption = "models",
     save_posterior: Annotated[
         Path | None, typer.Option("--save-posterior", help="save the fitted posterior (.nc)")
     ] = None,
@@ -83,20 +103,22 @@ def forecast(
     from forecasting.forecast import ForecastEngine, run_forecast
     from forecasting.history import ScorerCache
     from forecasting.model import ModelConfig
-    from forecasting.scoring import fit_stage_history
     from forecasting.simulate import SimOptions
 
+    factory = _factory(scorer)
     ctx = cli_common.open_context(db, stages)
     when = _forecast_as_of(quarter, as_of, ctx.tables)
     config = ModelConfig(seed=seed)
     engine = ForecastEngine(
         ctx.tables,
         ctx.stages,
-        ScorerCache(fit_stage_history),
+        ScorerCache(factory),
         config,
         SimOptions(n_scenarios=scenarios, seed=seed),
     )
-    with Console(stderr=True).status("fitting the forecast model on past quarters"):
+    with Console(stderr=True).status(
+        "fitting the deal models and the forecast model on past quarters"
+    ):
         fitted = engine.fit_model(when)
     fc = run_forecast(engine, when, team=team, owner=owner, explain=True, fitted=fitted)
     if save_posterior is not None:
@@ -238,6 +260,7 @@ def backtest(
     plot: PlotOption = None,
     scenarios: ScenariosOption = 4000,
     seed: SeedOption = 0,
+    scorer: ScorerOption = "models",
     log_mlflow: Annotated[
         bool, typer.Option("--mlflow/--no-mlflow", help="log the backtest to MLflow")
     ] = True,
@@ -247,9 +270,9 @@ def backtest(
 
     from forecasting.backtest import default_quarters, quarter_range, run_backtest
     from forecasting.model import ModelConfig
-    from forecasting.scoring import fit_stage_history
     from forecasting.simulate import SimOptions
 
+    factory = _factory(scorer)
     ctx = cli_common.open_context(db, stages)
     qs = quarter_range(quarters) if quarters else default_quarters(ctx.tables)
     ws = _weeks(weeks)
@@ -264,7 +287,7 @@ def backtest(
             ctx.stages,
             quarters=qs,
             weeks=ws,
-            factory=fit_stage_history,
+            factory=factory,
             config=ModelConfig(seed=seed),
             options=SimOptions(n_scenarios=scenarios, seed=seed),
             progress=report,

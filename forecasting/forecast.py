@@ -147,6 +147,9 @@ class ForecastEngine:
     # Scores the open pipeline instead of the quarter's own scorer (the served models), where
     # fitted on or before the forecast date: a model fitted later has seen outcomes after it.
     served: Scorer | None = None
+    # Scored open pipelines by date and notes on how they were scored, e.g. from ForecastCache.
+    scored_cache: dict[pd.Timestamp, pd.DataFrame] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def fit_model(self, as_of: pd.Timestamp) -> tuple[FittedForecastModel, dict[str, Any]]:
         fd = build_fit_data(
@@ -160,7 +163,19 @@ class ForecastEngine:
             return None
         return self.served
 
+    def scorer_notes(self, as_of: pd.Timestamp, quarters: list[str]) -> dict[str, Any]:
+        """How the forecast quarter's and the history quarters' deals were scored."""
+        if self.notes:
+            return dict(self.notes)
+        current = quarter_of(as_of)
+        return {
+            "scorer": "served" if self.served_for(as_of) else self.scorers.method(current),
+            "history_scorers": {q: self.scorers.method(q) for q in quarters},
+        }
+
     def scored(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        if pd.Timestamp(as_of) in self.scored_cache:
+            return self.scored_cache[pd.Timestamp(as_of)]
         served = self.served_for(pd.Timestamp(as_of))
         if served is not None:
             return served.score(self.tables, self.stages, as_of).reset_index(drop=True)
@@ -312,8 +327,7 @@ def run_forecast(
             "config_hash": model.config_hash,
             "as_of": model.as_of,
             "history_quarters": model.levels["quarters"],
-            "scorer": "served" if engine.served_for(as_of) else engine.scorers.method(quarter),
-            "history_scorers": {q: engine.scorers.method(q) for q in model.levels["quarters"]},
+            **engine.scorer_notes(as_of, model.levels["quarters"]),
             "diagnostics": jsonable(model.diagnostics),
             "promotable": model.diagnostics.ok(model.config),
             "open_deals": len(deals),

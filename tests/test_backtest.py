@@ -28,7 +28,7 @@ from forecasting.forecast import Distribution, Forecast, ForecastEngine, run_for
 from forecasting.history import ScorerCache
 from forecasting.model import ModelConfig
 from forecasting.rules import week_as_of
-from forecasting.scoring import fit_stage_history
+from forecasting.scoring import ModelScorers, fit_stage_history
 from forecasting.simulate import SimOptions
 
 CFG = load_stage_config()
@@ -100,12 +100,13 @@ def test_forecast_never_sees_an_outcome_after_its_date():
     opts = SimOptions(n_scenarios=1000, seed=3)
 
     def forecast(t):
-        engine = ForecastEngine(t, CFG, ScorerCache(fit_stage_history), cfg, opts)
+        engine = ForecastEngine(t, CFG, ScorerCache(ModelScorers()), cfg, opts)
         fc = run_forecast(engine, as_of, with_actual=False)
         return fc, engine.scorers.cutoffs
 
     base, cutoffs = forecast(tables)
     assert cutoffs and all(c < as_of for c in cutoffs)  # scorers retrained before each quarter
+    assert base.model["scorer"] == "models"
     other, n = _flip_future(tables, as_of)
     assert n > 100
     changed, _ = forecast(other)

@@ -92,6 +92,14 @@ def forecast(
     scenarios: ScenariosOption = 4000,
     seed: SeedOption = 0,
     scorer: ScorerOption = "models",
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="reuse the posterior and scores of the same store, date and configuration "
+            "(kept beside the store in STORE.forecast-cache/)",
+        ),
+    ] = True,
     save_posterior: Annotated[
         Path | None, typer.Option("--save-posterior", help="save the fitted posterior (.nc)")
     ] = None,
@@ -116,10 +124,7 @@ def forecast(
         config,
         SimOptions(n_scenarios=scenarios, seed=seed),
     )
-    with Console(stderr=True).status(
-        "fitting the deal models and the forecast model on past quarters"
-    ):
-        fitted = engine.fit_model(when)
+    fitted = _fitted(engine, when, db, scorer, use_cache=cache)
     fc = run_forecast(engine, when, team=team, owner=owner, explain=True, fitted=fitted)
     if save_posterior is not None:
         fitted[0].save(save_posterior)
@@ -143,6 +148,30 @@ def forecast(
     _print_forecast(fc)
     if plot is not None:
         typer.echo(f"plot written to {plot}")
+
+
+def _fitted(engine: Any, when: Any, db: str | None, scorer: str, *, use_cache: bool) -> Any:
+    """The engine's posterior for ``when``: from the forecast cache, or fitted (and cached)."""
+    from forecasting.cache import ForecastCache, cache_key
+
+    store_cache = None
+    if use_cache:
+        root = cli_common.db_path(db).with_suffix(".forecast-cache")
+        recipe = f"{scorer}:{getattr(engine.scorers.factory, 'config', None)!r}"
+        store_cache = ForecastCache(root, cache_key(engine.tables, when, engine.config, recipe))
+        hit = store_cache.load(engine.config)
+        if hit is not None:
+            fitted, scored, notes = hit
+            engine.scored_cache[when] = scored
+            engine.notes.update({**notes, "cache": "hit"})
+            return fitted
+    with Console(stderr=True).status("fitting the deal models and the forecast model"):
+        fitted = engine.fit_model(when)
+        scored = engine.scored(when)
+    if store_cache is not None:
+        notes = engine.scorer_notes(when, fitted[0].levels["quarters"])
+        store_cache.save(fitted, scored, notes)
+    return fitted
 
 
 def _print_forecast(fc: Any) -> None:
@@ -234,6 +263,12 @@ def _print_forecast(fc: Any) -> None:
         f"{diag['max_rhat']:.3f}, ESS {diag['min_ess_bulk']:.0f}, fitted on "
         f"{', '.join(fc.model['history_quarters'])} in {diag['seconds']:.0f}s; "
         f"{fc.model['scenarios']} scenarios over {fc.model['open_deals']} open deals"
+    )
+    history = sorted(set(fc.model.get("history_scorers", {}).values()))
+    cached = " (posterior and scores from the forecast cache)" if fc.model.get("cache") else ""
+    console.print(
+        f"deals scored by: {fc.model.get('scorer', '?')}; history quarters by: "
+        f"{', '.join(history) or '?'}{cached}"
     )
 
 

@@ -67,11 +67,13 @@ def test_models_score_the_pipeline_and_are_fitted_once_per_cutoff(generated, sco
 
 
 def test_models_fitted_at_a_cutoff_never_see_a_later_outcome(generated, scorers):
-    flipped, n = _flip_after(generated, CUTOFF)
+    # outcomes after the scoring date: neither the fit (at CUTOFF) nor the scoring may see them
+    flipped, n = _flip_after(generated, AS_OF)
     assert n > 100
     other = ModelScorers()(flipped, CFG, CUTOFF)
-    a = scorers(generated, CFG, CUTOFF).score(generated, CFG, AS_OF)
-    b = other.score(flipped, CFG, AS_OF)
+    a = scorers(generated, CFG, CUTOFF).score(generated, CFG, AS_OF).sort_values("deal_id")
+    b = other.score(flipped, CFG, AS_OF).sort_values("deal_id")
+    assert list(a["deal_id"]) == list(b["deal_id"])
     assert np.allclose(a["p_win"].to_numpy(), b["p_win"].to_numpy())
     assert np.allclose(a["p_won_this_quarter"].to_numpy(), b["p_won_this_quarter"].to_numpy())
 

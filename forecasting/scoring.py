@@ -173,9 +173,11 @@ def _buckets(snaps: pd.DataFrame) -> np.ndarray:
 
 
 # The forecast refits the models once per history quarter: many shallow trees at a higher rate,
-# one thread (two threads on a shared 2-core machine were 5x slower), fortnightly snapshots.
+# one thread (two threads on a shared 2-core machine were 5x slower), fortnightly snapshots; a
+# 39-week calibration window so the models take over from stage history a half year earlier.
 FAST_RECIPE: dict[str, Any] = {
     "freq": "2W-MON",
+    "calibration_weeks": 39,
     "win": {"n_estimators": 100, "learning_rate": 0.12},
     "slip": {"n_estimators": 100, "learning_rate": 0.12},
     "n_jobs": 1,

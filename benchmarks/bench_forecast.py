@@ -96,10 +96,10 @@ def bench_fit(n_deals: int) -> dict[str, float]:
     from forecasting.history import ScorerCache, build_fit_data
     from forecasting.model import ModelConfig, fit
     from forecasting.rules import week_as_of
-    from forecasting.scoring import fit_stage_history
+    from forecasting.scoring import ModelScorers
 
     tables, stages = generate(n_deals, 1).tables, load_stage_config()
-    cache = ScorerCache(fit_stage_history)
+    cache = ScorerCache(ModelScorers())
     started = time.perf_counter()
     first_data = build_fit_data(tables, stages, week_as_of("2025Q1", 4), cache)
     history_s = time.perf_counter() - started
@@ -121,17 +121,17 @@ def bench_backtest(n_deals: int, n_quarters: int) -> dict[str, float]:
     from features.data.stages import load_stage_config
     from features.synthetic.generator import generate
     from forecasting.backtest import default_quarters, run_backtest
-    from forecasting.scoring import fit_stage_history
+    from forecasting.scoring import ModelScorers
 
     tables, stages = generate(n_deals, 1).tables, load_stage_config()
     quarters = default_quarters(tables, n_quarters)
     started = time.perf_counter()
     one = run_backtest(tables, stages, quarters=quarters[-1:], weeks=[4],
-                       factory=fit_stage_history)  # fmt: skip
+                       factory=ModelScorers())  # fmt: skip
     one_s = time.perf_counter() - started
     started = time.perf_counter()
     result = run_backtest(tables, stages, quarters=quarters, weeks=[1, 4, 8],
-                          factory=fit_stage_history)  # fmt: skip
+                          factory=ModelScorers())  # fmt: skip
     full_s = time.perf_counter() - started
     assert one.rows and result.rows
     return {

@@ -27,7 +27,7 @@ from forecasting.forecast import ForecastEngine, run_forecast
 from forecasting.history import ScorerCache
 from forecasting.model import ModelConfig
 from forecasting.plots import plot_backtest, plot_forecast
-from forecasting.scoring import fit_stage_history
+from forecasting.scoring import ModelScorers
 from forecasting.simulate import SimOptions
 
 N_DEALS = int(os.environ.get("PIPECAST_NOTEBOOK_DEALS", "3000"))
@@ -50,14 +50,14 @@ print(f"{len(tables.deals):,} deals loaded")
 # %% [markdown]
 # ## 2. Forecast
 # The Bayesian layer is fitted on the six previous quarters rebuilt at the same point of the
-# quarter, scored by a scorer fitted before each of them; the simulation draws the quarter's
-# shared effect fresh. Small sampling settings keep the notebook quick.
+# quarter, their deals scored by the win and slip models refitted before each of them (the
+# same fits, cached per cut-off, serve the backtest below). Small sampling settings keep the
+# notebook quick.
 
 # %%
 config = ModelConfig(draws=150, tune=150, min_ess=50)
-engine = ForecastEngine(
-    tables, stages, ScorerCache(fit_stage_history), config, SimOptions(n_scenarios=2000)
-)
+scorers = ModelScorers()
+engine = ForecastEngine(tables, stages, ScorerCache(scorers), config, SimOptions(n_scenarios=2000))
 fc = run_forecast(engine, AS_OF, explain=True)
 d = fc.pipecast
 print(
@@ -94,7 +94,7 @@ if fc.pulled_in is not None:
 # %%
 result = run_backtest(
     tables, stages, quarters=default_quarters(tables, 1), weeks=[4],
-    factory=fit_stage_history, config=config, options=SimOptions(n_scenarios=2000),
+    factory=scorers, config=config, options=SimOptions(n_scenarios=2000),
 )  # fmt: skip
 frame = result.frame()
 print(frame[["quarter", "week", "method", "point", "actual", "abs_pct_error", "covered"]])

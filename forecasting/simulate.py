@@ -201,28 +201,28 @@ def simulate(
 
     # Layout (draw, scenario, deal): deals are the long, contiguous inner axis of every pass
     # (numpy broadcasting over a short inner axis is slow); rep totals are sums of contiguous
-    # runs of deals (sorted by rep). Every pass is in place, in float32.
+    # runs of deals (sorted by rep). The quarter effects are the draw's, so each deal's chance
+    # of winning in the quarter, 1 / ((1 + A e^-u)(1 + B e^-v)), is computed once per draw and
+    # the scenarios only compare their uniforms against it (one pass, float32, in place).
     by_owner = np.zeros((n_draws * per_draw, len(owner_names)), dtype=np.float64)
     wins_count = np.zeros(n, dtype=np.int64)
     tracked = np.zeros((n_draws * per_draw, len(tracked_pos)), dtype=bool)
-    tmp = np.empty((draws_per_chunk, per_draw, n), dtype=F32)
     for d0 in range(0, n_draws, draws_per_chunk):
         d1 = min(d0 + draws_per_chunk, n_draws)
         c = d1 - d0
         if options.quarter_effect:
-            eu = np.repeat(np.exp(-cur_w[d0:d1, None]), per_draw, axis=1).astype(F32)
-            ev = np.repeat(np.exp(-cur_t[d0:d1, None]), per_draw, axis=1).astype(F32)
+            eu = np.exp(-cur_w[d0:d1, None]).astype(F32)
+            ev = np.exp(-cur_t[d0:d1, None]).astype(F32)
         else:
-            eu = ev = np.ones((c, per_draw), dtype=F32)
+            eu = ev = np.ones((c, 1), dtype=F32)
+        p_in = a[d0:d1] * eu
+        p_in += 1.0
+        tb = b[d0:d1] * ev
+        tb += 1.0
+        p_in *= tb
+        np.reciprocal(p_in, out=p_in)
         u = rng.random((c, per_draw, n), dtype=F32)
-        t = tmp[:c]
-        np.multiply(a[d0:d1, None, :], eu[:, :, None], out=t)
-        t += 1.0
-        u *= t
-        np.multiply(b[d0:d1, None, :], ev[:, :, None], out=t)
-        t += 1.0
-        u *= t
-        won = u < 1.0
+        won = u < p_in[:, None, :]
         np.multiply(amount[d0:d1, None, :], won, out=u)
         rows = slice(d0 * per_draw, d1 * per_draw)
         flat_won = won.reshape(c * per_draw, n)

@@ -42,8 +42,9 @@ AS_OF = pd.Timestamp("2025-08-20 23:59:59")  # week 8 of 2025Q3, a quarter the d
 stages = load_stage_config()
 export = OUT / "export"
 write_dataset(generate(N_DEALS, seed=7), export, "parquet")
+with Store(OUT / "demo.duckdb", read_only=False) as writer:
+    writer.load(read_export(export, stages=stages).tables)
 with Store(OUT / "demo.duckdb") as store:
-    store.load(read_export(export, stages=stages).tables)
     tables = store.tables()
 print(f"{len(tables.deals):,} deals loaded")
 

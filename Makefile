@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo-data
 AS_OF  ?= 2025-11-15
+DEMO_QUARTER ?= 2025Q4
 DEMO_DB ?= demo.duckdb
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast must-show lint bench clean
 
 $(BIN)/pipecast: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +27,17 @@ demo: install
 	$(BIN)/pipecast hygiene --as-of $(AS_OF) --db $(DEMO_DB) | tail -n 8
 	$(BIN)/pipecast train --as-of $(AS_OF) --db $(DEMO_DB)
 	COLUMNS=160 $(BIN)/pipecast score --as-of $(AS_OF) --db $(DEMO_DB) --top 10
+	$(BIN)/pipecast forecast --quarter $(DEMO_QUARTER) --as-of $(AS_OF) --db $(DEMO_DB) --plot demo-forecast.png
 
 test: install
 	$(BIN)/pytest -q -n 2
 
 test-fast: install
 	$(BIN)/pytest -q -n 2 -m "not slow"
+
+# The issue's must-show backtests on 20k generated deals (20+ minutes on 2 cores).
+must-show: install
+	PIPECAST_MUST_SHOW=1 $(BIN)/pytest -q tests/test_backtest.py -k "must_show or strong_quarter"
 
 lint: install
 	$(BIN)/ruff check .
@@ -45,7 +51,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py --deals 30000
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_forecast.py
 	$(BIN)/python benchmarks/bench_api.py
 
 clean:
-	rm -rf $(DEMO) $(DEMO_DB) demo-pipeline.png .pytest_cache .mypy_cache
+	rm -rf $(DEMO) $(DEMO_DB) $(DEMO_DB:.duckdb=.forecast-cache) demo-pipeline.png demo-forecast.png .pytest_cache .mypy_cache

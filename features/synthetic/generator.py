@@ -281,9 +281,11 @@ def generate(
     end: date = date(2025, 12, 31),
     stages: StageConfig | None = None,
     progress: ProgressFn | None = None,
+    shock_sd: float = SHOCK_SD,
 ) -> GeneratedData:
     """Simulate ``n_deals`` deals created between ``start`` and ``end``, exported at ``end``.
 
+    ``shock_sd`` is the spread of the shared quarter shock (stronger shocks move whole quarters).
     Deterministic for a seed. Deals still open at ``end`` stay open in the tables; their simulated
     fate past the export is in the truth frame.
     """
@@ -295,7 +297,7 @@ def generate(
     report = progress if progress is not None else (lambda done, total: None)
     report(0, n_deals)
     rng = np.random.default_rng(seed)
-    sim = _Simulation(n_deals, rng, _Clock(start, end), cfg, report)
+    sim = _Simulation(n_deals, rng, _Clock(start, end), cfg, report, shock_sd)
     return sim.run()
 
 
@@ -309,7 +311,9 @@ class _Simulation:
         clock: _Clock,
         cfg: StageConfig,
         report: ProgressFn,
+        shock_sd: float = SHOCK_SD,
     ) -> None:
+        self.shock_sd = shock_sd
         self.n = n
         self.rng = rng
         self.clock = clock
@@ -380,7 +384,7 @@ class _Simulation:
         self.rep_activity = rng.lognormal(0.0, 0.25, n_reps)
         self.rep_fc_bias = rng.normal(0.5, 0.35, n_reps)  # logit added to perceived win chance
         self.rep_sloppiness = rng.uniform(0.02, 0.18, n_reps)  # share of missing next steps
-        self.shock = rng.normal(0.0, SHOCK_SD, self.clock.n_quarters)
+        self.shock = rng.normal(0.0, self.shock_sd, self.clock.n_quarters)
 
     def _deals(self) -> None:
         """Arrivals (seasonal, growing), accounts, products, amounts, latent quality."""

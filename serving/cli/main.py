@@ -215,6 +215,7 @@ def summary(db: DbOption = None, stages: StagesOption = None) -> None:
 
 def _register_commands() -> None:
     from serving.cli import audit as cli_audit
+    from serving.cli import forecast as cli_forecast
     from serving.cli import mapping as cli_mapping
     from serving.cli import models as cli_models
     from serving.cli import pipeline as cli_pipeline
@@ -227,6 +228,7 @@ def _register_commands() -> None:
     cli_audit.register(app)
     cli_mapping.register(app)
     cli_models.register(app)
+    cli_forecast.register(app)
 
 
 _register_commands()

@@ -1,0 +1,117 @@
+"""The Bayesian layer: its configuration hash guards saved posteriors; fits recover the truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecasting.history import FitData
+from forecasting.model import (
+    PARAMS,
+    Diagnostics,
+    FittedForecastModel,
+    ModelConfig,
+    ModelMismatchError,
+    fit,
+    load_posterior,
+)
+
+DIAG = Diagnostics(0, 1.01, 400.0, 100, 2, 1.0, False)
+LEVELS = {"quarters": ["2024Q1"], "teams": ["a"], "segments": ["s"], "stages": ["x"]}
+
+
+def _fake_fit(config: ModelConfig) -> FittedForecastModel:
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    post = {name: rng.normal(size=(2, 50)) for name in PARAMS}
+    return FittedForecastModel(az.from_dict(posterior=post), config, DIAG, LEVELS, "2024-04-28")
+
+
+def test_config_hash_follows_every_setting():
+    a, b = ModelConfig(), ModelConfig(draws=301)
+    assert a.config_hash() == ModelConfig().config_hash()
+    assert a.config_hash() != b.config_hash()
+    assert ModelConfig(seed=1).config_hash() != a.config_hash()
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match="extra"):
+        ModelConfig(draw=10)  # type: ignore[call-arg]
+
+
+def test_saved_posterior_loads_under_its_config_and_refuses_another(tmp_path):
+    fitted = _fake_fit(ModelConfig(draws=100))
+    path = fitted.save(tmp_path / "post.nc")
+    back = load_posterior(path, ModelConfig(draws=100))
+    assert back.config_hash == fitted.config_hash
+    assert back.levels == LEVELS and back.diagnostics == DIAG
+    assert np.allclose(back.draws()["a_w"], fitted.draws()["a_w"])
+    with pytest.raises(ModelMismatchError, match="refit"):
+        load_posterior(path, ModelConfig(draws=200))
+
+
+def test_diagnostic_gates():
+    cfg = ModelConfig()
+    assert DIAG.ok(cfg)
+    bad = Diagnostics(3, 1.2, 20.0, 100, 2, 1.0, True)
+    assert not bad.ok(cfg)
+    assert len(bad.problems(cfg)) == 3
+
+
+def _synthetic_fit_data(
+    rng: np.random.Generator, n: int = 4000, n_q: int = 6
+) -> tuple[FitData, dict[str, float]]:
+    """Deals whose true recalibration is known: a_w=-0.4, b_w=0.8, quarter sd 0.3."""
+    truth = {"a_w": -0.4, "b_w": 0.8, "a_t": 0.3, "b_t": 1.0}
+    q = rng.integers(0, n_q, n)
+    team = rng.integers(0, 3, n)
+    x_win, x_time = rng.normal(-0.5, 1.2, n), rng.normal(0.0, 1.0, n)
+    u_w, u_t = rng.normal(0, 0.3, n_q), rng.normal(0, 0.3, n_q)
+    pw = 1 / (1 + np.exp(-(truth["a_w"] + truth["b_w"] * x_win + u_w[q])))
+    pt = 1 / (1 + np.exp(-(truth["a_t"] + truth["b_t"] * x_time + u_t[q])))
+    win, timely = rng.random(n) < pw, rng.random(n) < pt
+    resolved = rng.random(n) < 0.8
+    code = np.where(win & timely, 0, np.where(~resolved, 3, np.where(win, 1, 2)))
+    weight = np.zeros((n, 4))
+    weight[np.arange(n), code] = 1.0
+    n_days = np.full(n_q, 60.0)
+    created = rng.poisson(5 * 60, n_q)
+    fd = FitData(
+        as_of=pd.Timestamp("2025-01-28"),
+        quarters=[f"2023Q{i % 4 + 1}" for i in range(n_q)] + ["2025Q1"],
+        teams=["a", "b", "c"], segments=["s"], stages=["x", "y"],
+        x_win=x_win, x_time=x_time, x_amount=rng.normal(0, 1, n), team=team,
+        segment=np.zeros(n, dtype=np.int64), quarter=q,
+        weight=weight,
+        e_x_win=x_win[:500], e_x_time=x_time[:500], e_x_amount=np.zeros(500), e_team=team[:500],
+        e_segment=np.zeros(500, dtype=np.int64), e_quarter=rng.integers(0, n_q + 1, 500),
+        e_weight=np.stack([timely[:500] & win[:500], ~(timely[:500] & win[:500])], 1) * 1.0,
+        nb_quarter=np.arange(n_q),
+        disc_stage=rng.integers(0, 2, 300), disc_log_ratio=rng.normal(-0.1, 0.05, 300),
+        nb_days=n_days, nb_created=created, nb_won=rng.binomial(created, 0.05),
+        nb_qoy=np.arange(n_q) % 4, nb_log_amount=rng.normal(10, 1, 40),
+    )  # fmt: skip
+    return fd, truth
+
+
+@pytest.mark.slow
+def test_fit_recovers_the_recalibration_and_reuses_the_compiled_model():
+    rng = np.random.default_rng(11)
+    fd, truth = _synthetic_fit_data(rng)
+    cfg = ModelConfig(draws=200, tune=200, seed=3)
+    first = fit(fd, cfg)
+    post = first.idata.posterior  # type: ignore[attr-defined]
+    for name, value in truth.items():
+        draws = post[name].values.ravel()
+        lo, hi = np.quantile(draws, [0.01, 0.99])
+        assert lo <= value <= hi, (name, lo, hi, value)
+    assert post["disc_mu"].values.mean() == pytest.approx(-0.1, abs=0.03)
+    assert first.diagnostics.divergences <= 5
+    # same shapes, new data: the compiled model is reused, not rebuilt
+    fd2, _ = _synthetic_fit_data(np.random.default_rng(12))
+    second = fit(fd2, cfg)
+    assert not first.diagnostics.compiled_reused and second.diagnostics.compiled_reused
+    second_a_w = second.idata.posterior["a_w"].values  # type: ignore[attr-defined]
+    assert not np.allclose(second_a_w, post["a_w"].values)

@@ -1,0 +1,139 @@
+"""The forecast's deal scorers (training's models per cut-off, the stage-history fallback), the
+served models' guard and the on-disk forecast cache."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.data.stages import load_stage_config
+from features.errors import NotEnoughDataError
+from features.synthetic.generator import generate
+from forecasting.cache import ForecastCache, cache_key
+from forecasting.forecast import ForecastEngine
+from forecasting.history import ScorerCache
+from forecasting.model import (
+    PARAMS,
+    Diagnostics,
+    FittedForecastModel,
+    ModelConfig,
+    ModelMismatchError,
+)
+from forecasting.scoring import (
+    FAST_RECIPE,
+    MODELS,
+    STAGE_HISTORY,
+    ModelScorers,
+    StageHistoryScorer,
+    fit_stage_history,
+)
+
+CFG = load_stage_config()
+CUTOFF = pd.Timestamp("2024-12-31 23:59:59")
+AS_OF = pd.Timestamp("2025-01-20 23:59:59")
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return generate(1500, 3).tables
+
+
+@pytest.fixture(scope="module")
+def scorers(generated):
+    factory = ModelScorers()
+    factory(generated, CFG, CUTOFF)
+    return factory
+
+
+def _flip_after(tables, when: pd.Timestamp):
+    deals = tables.deals.copy()
+    later = pd.to_datetime(deals["closed_at"]) > when
+    deals.loc[later, "outcome"] = deals.loc[later, "outcome"].map({"won": "lost", "lost": "won"})
+    return dataclasses.replace(tables, deals=deals), int(later.sum())
+
+
+def test_models_score_the_pipeline_and_are_fitted_once_per_cutoff(generated, scorers):
+    first = scorers(generated, CFG, CUTOFF)
+    assert scorers(generated, CFG, CUTOFF) is first  # cached, not refitted
+    assert scorers.methods[CUTOFF] == MODELS
+    assert getattr(first, "cutoff", None) == CUTOFF
+    scored = first.score(generated, CFG, AS_OF)
+    assert scored["deal_id"].is_unique and len(scored) > 50
+    assert scored["p_win"].between(0, 1).all()
+    assert (scored["p_won_this_quarter"] <= scored["p_win"] + 1e-9).all()
+
+
+def test_models_fitted_at_a_cutoff_never_see_a_later_outcome(generated, scorers):
+    # outcomes after the scoring date: neither the fit (at CUTOFF) nor the scoring may see them
+    flipped, n = _flip_after(generated, AS_OF)
+    assert n > 100
+    other = ModelScorers()(flipped, CFG, CUTOFF)
+    a = scorers(generated, CFG, CUTOFF).score(generated, CFG, AS_OF).sort_values("deal_id")
+    b = other.score(flipped, CFG, AS_OF).sort_values("deal_id")
+    assert list(a["deal_id"]) == list(b["deal_id"])
+    assert np.allclose(a["p_win"].to_numpy(), b["p_win"].to_numpy())
+    assert np.allclose(a["p_won_this_quarter"].to_numpy(), b["p_won_this_quarter"].to_numpy())
+
+
+def test_too_little_history_falls_back_to_stage_history_and_says_so(generated):
+    factory = ModelScorers({**FAST_RECIPE, "min_closed_deals": 10**9})
+    scorer = factory(generated, CFG, CUTOFF)
+    assert isinstance(scorer, StageHistoryScorer) and factory.methods[CUTOFF] == STAGE_HISTORY
+    cache = ScorerCache(factory)
+    cache.for_quarter(generated, CFG, "2025Q1")
+    assert cache.method("2025Q1") == STAGE_HISTORY
+    strict = ModelScorers({**FAST_RECIPE, "min_closed_deals": 10**9}, fallback=None)
+    with pytest.raises(NotEnoughDataError):
+        strict(generated, CFG, CUTOFF)
+
+
+@dataclasses.dataclass
+class _Served:
+    cutoff: pd.Timestamp
+
+    def score(self, tables, stages, as_of):  # pragma: no cover - never reached here
+        raise AssertionError
+
+
+def test_served_models_score_only_dates_on_or_after_their_cutoff(generated):
+    engine = ForecastEngine(
+        generated, CFG, ScorerCache(fit_stage_history), served=_Served(pd.Timestamp("2025-02-01"))
+    )
+    assert engine.served_for(pd.Timestamp("2025-01-20")) is None  # fitted later: seen the future
+    assert engine.served_for(pd.Timestamp("2025-02-10")) is engine.served
+
+
+# --- forecast cache ------------------------------------------------------------------------------
+def _fitted(config: ModelConfig) -> FittedForecastModel:
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    post = {name: rng.normal(size=(2, 20)) for name in PARAMS}
+    diag = Diagnostics(0, 1.01, 400.0, 20, 2, 1.0, False)
+    levels = {"quarters": ["2024Q1"], "teams": ["a"], "segments": ["s"], "stages": ["x"]}
+    return FittedForecastModel(az.from_dict(posterior=post), config, diag, levels, "2025-01-20")
+
+
+def test_forecast_cache_round_trip_and_keys(generated, tmp_path):
+    cfg = ModelConfig(draws=100, tune=100)
+    key = cache_key(generated, AS_OF, cfg, "models")
+    assert key == cache_key(generated, AS_OF, cfg, "models")
+    others = {
+        cache_key(generated, AS_OF + pd.Timedelta(days=1), cfg, "models"),
+        cache_key(generated, AS_OF, ModelConfig(draws=100, tune=100, seed=1), "models"),
+        cache_key(generated, AS_OF, cfg, "stage-history"),
+        cache_key(_flip_after(generated, CUTOFF)[0], AS_OF, cfg, "models"),
+    }
+    assert key not in others and len(others) == 4
+    cache = ForecastCache(tmp_path, key)
+    assert cache.load(cfg) is None
+    scored = pd.DataFrame({"deal_id": ["a", "b"], "p_win": [0.2, 0.7]})
+    cache.save((_fitted(cfg), {"nb_share": {"team": {"a": 1.0}}}), scored, {"scorer": "models"})
+    (fitted, extra), back, notes = cache.load(cfg)  # type: ignore[misc]
+    assert fitted.config_hash == cfg.config_hash() and extra["nb_share"]["team"] == {"a": 1.0}
+    assert back.equals(scored) and notes == {"scorer": "models"}
+    with pytest.raises(ModelMismatchError, match="refit"):
+        cache.load(ModelConfig(draws=100, tune=100, seed=1))

@@ -16,9 +16,17 @@ class PipecastError(Exception):
 
 
 class InputError(PipecastError, ValueError):
-    """An argument or request value is invalid (a date that is not a date, an unknown option)."""
+    """An argument or request value is invalid (a date that is not a date, an unknown option).
+
+    ``field`` names the argument or request field when one value is at fault, so the API can
+    answer with field-level detail.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(InputError):

@@ -53,10 +53,12 @@ def parse_when(value: TimeLike, what: str) -> pd.Timestamp:
     an empty value, a value that is not a date, or one outside ``FIRST_DATE..LAST_DATE``.
     """
     if isinstance(value, str) and not value.strip():
-        raise InputError(f"{what}: empty; give a date such as 2025-06-30")
+        raise InputError(f"{what}: empty; give a date such as 2025-06-30", field=what)
+    shown = repr(value.isoformat() if isinstance(value, date) else value)
     out_of_range = InputError(
-        f"{what}: {value!r} is outside the supported range "
-        f"{FIRST_DATE:%Y-%m-%d}..{LAST_DATE:%Y-%m-%d}"
+        f"{what}: {shown} is outside the supported range "
+        f"{FIRST_DATE:%Y-%m-%d}..{LAST_DATE:%Y-%m-%d}",
+        field=what,
     )
     try:
         ts = to_timestamp(value.strip() if isinstance(value, str) else value)
@@ -64,10 +66,11 @@ def parse_when(value: TimeLike, what: str) -> pd.Timestamp:
         raise out_of_range from None
     except ValueError as err:
         raise InputError(
-            f"{what}: cannot read {value!r} as a date (YYYY-MM-DD or ISO timestamp): {err}"
+            f"{what}: cannot read {value!r} as a date (YYYY-MM-DD or ISO timestamp): {err}",
+            field=what,
         ) from None
     if pd.isna(ts):
-        raise InputError(f"{what}: cannot read {value!r} as a date")
+        raise InputError(f"{what}: cannot read {value!r} as a date", field=what)
     if not FIRST_DATE <= ts <= LAST_DATE:
         raise out_of_range
     return ts

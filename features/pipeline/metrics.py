@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from functools import cached_property
 from typing import Any
 
@@ -76,7 +76,7 @@ from features.data.schema import (
 from features.data.stages import StageConfig
 from features.pipeline.facts import stage_limits, stage_time
 from features.pipeline.scope import scoped_events, scoped_states
-from features.serialize import jsonable
+from features.serialize import UtcDatetime, jsonable
 
 WINDOW_DAYS = 365
 # The seed: ">6x: your amount estimates are probably too optimistic".
@@ -283,7 +283,7 @@ class Unavailable:
 class PipelineMetrics:
     """Every pipeline metric of the seed for one scope, as of one date."""
 
-    as_of: datetime
+    as_of: UtcDatetime
     quarter: str
     team: str | None
     owner: str | None

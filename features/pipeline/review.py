@@ -34,7 +34,7 @@ from features.errors import InputError
 from features.pipeline.facts import open_deal_facts
 from features.pipeline.hygiene import HygieneFlag, flags_for_facts
 from features.pipeline.scope import scoped_events, scoped_states
-from features.serialize import jsonable
+from features.serialize import UtcDatetime, jsonable
 from features.signals.pointintime import states_a_value
 
 REVIEW_DAYS = 7
@@ -56,7 +56,7 @@ class FieldChange:
     old: str | None
     new: str | None
     changes: int
-    last_at: datetime
+    last_at: UtcDatetime
     path: list[str | None]
 
 
@@ -87,7 +87,7 @@ class ReviewDeal:
 
 @dataclass(frozen=True)
 class ReviewPack:
-    as_of: datetime
+    as_of: UtcDatetime
     week_first_day: date
     week_last_day: date
     min_amount: float

@@ -17,8 +17,9 @@ from features.data.loading import load_export
 from features.data.mapping import Mapping, load_mapping
 from features.errors import InputError
 from serving.api.deps import RevOpsDep, SettingsDep, StateDep
+from serving.api.errors import AUTHENTICATED, ValidationErrorBody, error
 
-router = APIRouter(prefix="/v1/data", tags=["data"])
+router = APIRouter(prefix="/v1/data", tags=["data"], responses=AUTHENTICATED)
 
 _SUFFIXES = (".csv", ".parquet")
 
@@ -51,7 +52,9 @@ def _mapping(name: str | None, upload: UploadFile | None, folder: Path) -> Mappi
         return None
     known = shipped_mappings()
     if name not in known:
-        raise InputError(f"mapping: unknown mapping {name!r}; shipped: {sorted(known)}")
+        raise InputError(
+            f"mapping: unknown mapping {name!r}; shipped: {sorted(known)}", field="mapping"
+        )
     ref = resources.files("features.data").joinpath("mappings", known[name])
     with resources.as_file(ref) as path:
         return load_mapping(path)
@@ -64,21 +67,22 @@ def _save(files: list[UploadFile], folder: Path, limit: int) -> list[str]:
         name = PurePath(upload.filename or "").name
         if not name:
             raise InputError(
-                "files: every upload needs a file name (deals.csv, Opportunity.csv...)"
+                "files: every upload needs a file name (deals.csv, Opportunity.csv...)",
+                field="files",
             )
         if not name.lower().endswith(_SUFFIXES):
-            raise InputError(f"files: {name!r} is not a .csv or .parquet file")
+            raise InputError(f"files: {name!r} is not a .csv or .parquet file", field="files")
         if name in names:
-            raise InputError(f"files: {name!r} was sent twice")
+            raise InputError(f"files: {name!r} was sent twice", field="files")
         with open(folder / name, "wb") as out:
             while chunk := upload.file.read(1 << 20):
                 total += len(chunk)
                 if total > limit:
-                    raise InputError(f"files: upload larger than {limit:,} bytes")
+                    raise InputError(f"files: upload larger than {limit:,} bytes", field="files")
                 out.write(chunk)
         names.append(name)
     if not names:
-        raise InputError("files: send at least the deals file")
+        raise InputError("files: send at least the deals file", field="files")
     return names
 
 
@@ -86,7 +90,10 @@ def _save(files: list[UploadFile], folder: Path, limit: int) -> list[str]:
     "/import",
     response_model=ImportReport,
     summary="import CSV/Parquet files of a CRM export: all of it, or nothing",
-    responses={422: {"description": "the export was refused; nothing changed"}},
+    responses={
+        422: error("the export was refused; nothing changed", model=ValidationErrorBody),
+        503: error("another import holds the store; try again when it is done"),
+    },
 )
 def import_export(
     caller: RevOpsDep,

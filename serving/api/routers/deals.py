@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from features.data.schema import ActivityType, ForecastCategory, StakeholderRole
 from features.errors import NotFoundError
 from features.pipeline.hygiene import HygieneFlag
+from features.serialize import UtcDatetime
 from serving.api import views, whatif
 from serving.api.deps import (
     AsOfQuery,
@@ -23,9 +24,15 @@ from serving.api.deps import (
     StateDep,
     TeamQuery,
 )
-from serving.api.errors import ServiceUnavailable
+from serving.api.errors import (
+    AUTHENTICATED,
+    READS_STORE,
+    ServiceUnavailable,
+    ValidationErrorBody,
+    error,
+)
 
-router = APIRouter(prefix="/v1", tags=["deals"])
+router = APIRouter(prefix="/v1", tags=["deals"], responses={**AUTHENTICATED, **READS_STORE})
 
 Method = Literal["model", "historical_stage_rates"]
 
@@ -39,7 +46,7 @@ class DealScore(BaseModel):
     product: str | None
     stage: str | None
     amount: float | None
-    expected_close_date: datetime | None
+    expected_close_date: date | None
     forecast_category: str | None
     p_win: float = Field(ge=0, le=1, description="P(won within the horizon)")
     p_close_this_quarter_given_win: float = Field(ge=0, le=1)
@@ -52,7 +59,7 @@ class DealScore(BaseModel):
 
 
 class DealScores(BaseModel):
-    as_of: datetime
+    as_of: UtcDatetime
     method: Method = Field(
         description="`model`: the champion models; `historical_stage_rates`: no champion yet"
     )
@@ -64,25 +71,25 @@ class DealScores(BaseModel):
 
 
 class StageEntry(BaseModel):
-    at: datetime
+    at: UtcDatetime
     stage: str | None
     derived: bool = Field(description="seen in this stage at an export, not a logged change")
 
 
 class FieldChange(BaseModel):
-    at: datetime
+    at: UtcDatetime
     field: str
     old: str | None
     new: str | None
 
 
 class Activity(BaseModel):
-    at: datetime
+    at: UtcDatetime
     type: str | None
 
 
 class Stakeholder(BaseModel):
-    at: datetime
+    at: UtcDatetime
     role: str | None
 
 
@@ -100,10 +107,10 @@ class DealDetail(BaseModel):
     team: str | None
     segment: str | None
     product: str | None
-    created_at: datetime | None
+    created_at: UtcDatetime | None
     status: str = Field(description="open, or the outcome if closed by as_of")
-    closed_at: datetime | None
-    as_of: datetime
+    closed_at: UtcDatetime | None
+    as_of: UtcDatetime
     score: DealScore | None = Field(description="null when the deal is not open at as_of")
     method: Method
     fallback_reason: str | None
@@ -159,7 +166,7 @@ DealIdPath = Annotated[str, Path(min_length=1, max_length=200, description="CRM 
     summary="one deal: score, signals, hygiene flags, stage path, field changes, activities",
     description="404 for an unknown deal and for a deal outside the caller's scope alike. "
     "Scored like `/v1/deals/scores` (the same numbers, the same fallback).",
-    responses={404: {"description": "unknown deal, or not yours to see"}},
+    responses={404: error("unknown deal, or not yours to see")},
 )
 def deal(
     deal_id: DealIdPath,
@@ -217,7 +224,7 @@ class WhatIfScore(BaseModel):
 
 
 class WhatIfResponse(BaseModel):
-    as_of: datetime
+    as_of: UtcDatetime
     method: Literal["model"]
     model_versions: dict[str, str | None]
     deals: list[WhatIfScore]
@@ -234,9 +241,9 @@ def _probabilities(row: dict[str, Any]) -> Probabilities:
     description="Each deal must be open at `as_of` and visible to the caller (else 404). "
     "Answers 503 while no champion model is registered: a what-if asks the model.",
     responses={
-        404: {"description": "unknown deal, or not yours"},
-        422: {"description": "invalid body (field-level detail)"},
-        503: {"description": "no champion model"},
+        404: error("unknown deal, or not yours"),
+        422: error("invalid body (field-level detail)", model=ValidationErrorBody),
+        503: error("no champion model, or no deals in the store yet"),
     },
 )
 def score(

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.api import jobs, views
 from serving.api.deps import CallerDep, RevOpsDep, SettingsDep, StateDep
-from serving.api.errors import Conflict, ServiceUnavailable
+from serving.api.errors import AUTHENTICATED, Conflict, ServiceUnavailable, error
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=AUTHENTICATED)
 
 ModelName = Literal["win_probability", "slip"]
 
@@ -105,7 +105,10 @@ def _status(raw: dict[str, Any]) -> JobStatus:
     description="The job trains, registers the new versions and runs the promotion gate "
     "(like `pipecast train`). A failed job registers nothing: the served models stay. "
     "409 while another retrain runs.",
-    responses={409: {"description": "a retrain is already running"}},
+    responses={
+        409: error("a retrain is already running"),
+        503: error("no store to train on yet"),
+    },
 )
 def retrain(
     body: RetrainRequest,
@@ -142,7 +145,7 @@ def retrain(
     "/jobs/{job_id}",
     response_model=JobStatus,
     summary="a background job's state and progress (RevOps)",
-    responses={404: {"description": "unknown job"}},
+    responses={404: error("unknown job")},
 )
 def job(
     job_id: Annotated[str, Path(max_length=64)], caller: RevOpsDep, settings: SettingsDep
@@ -172,7 +175,7 @@ class PromoteResponse(BaseModel):
     description="409 when the gate refuses (worse than the champion, or not comparable) "
     "unless `force`. Every worker swaps to the new champion within "
     "PIPECAST_MODEL_REFRESH_SECONDS; this one at once.",
-    responses={404: {"description": "unknown version"}, 409: {"description": "gate refused"}},
+    responses={404: error("unknown version"), 409: error("gate refused")},
 )
 def promote(body: PromoteRequest, caller: RevOpsDep, state: StateDep) -> PromoteResponse:
     reason = state.registry.promote(body.name, body.version, force=body.force)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -11,14 +10,18 @@ from pydantic import BaseModel
 from features.pipeline.hygiene import HygieneFlag, StageOutliers
 from features.pipeline.metrics import PipelineMetrics
 from features.pipeline.review import ReviewPack
+from features.serialize import UtcDatetime
 from serving.api import views
 from serving.api.deps import AsOfQuery, CallerDep, OwnerQuery, SnapshotDep, StateDep, TeamQuery
+from serving.api.errors import AUTHENTICATED, READS_STORE
 
-router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"])
+router = APIRouter(
+    prefix="/v1/pipeline", tags=["pipeline"], responses={**AUTHENTICATED, **READS_STORE}
+)
 
 
 class HygieneReport(BaseModel):
-    as_of: datetime
+    as_of: UtcDatetime
     flags: list[HygieneFlag]
     stage_outliers: list[StageOutliers]
 

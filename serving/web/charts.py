@@ -209,10 +209,11 @@ def forecast_svg(fc: dict[str, Any]) -> str:
         )
     for i, (label, v, color) in enumerate(marks):
         y = base + 18 + 16 * (i % 4)
+        tx = min(max(x(v), left + 70), w - right - 70)  # keep the label inside the chart
         body.append(
             f'<line class="method" data-method="{escape(label)}" x1="{x(v):.1f}" y1="{base - 6}" '
             f'x2="{x(v):.1f}" y2="{base + 6}" stroke="{color}" stroke-width="3"/>'
-            f'<text x="{x(v):.1f}" y="{y}" font-size="11" text-anchor="middle" fill="{color}">'
+            f'<text x="{tx:.1f}" y="{y}" font-size="11" text-anchor="middle" fill="{color}">'
             f"{escape(label)} {_money_short(v)}</text>"
         )
     return _svg(

@@ -168,7 +168,7 @@ def forecast_svg(fc: dict[str, Any]) -> str:
     """The quarter's revenue distribution as a density drawn from the quantile grid (each 5%
     of scenarios between two grid points is a bar of equal area), with P10/P50/P90, the target
     and the rule-based forecasts marked."""
-    w, h, left, right, top, base = 900, 300, 20, 20, 30, 220
+    w, h, left, right, top, base = 900, 310, 20, 20, 30, 220
     grid = [(float(p["q"]), float(p["value"])) for p in fc["quantiles"]]
     d = fc["pipecast"]
     marks: list[tuple[str, float, str]] = [
@@ -208,7 +208,7 @@ def forecast_svg(fc: dict[str, Any]) -> str:
             f'fill="#1d4ed8">{label} {_money_short(v)}</text>'
         )
     for i, (label, v, color) in enumerate(marks):
-        y = base + 18 + 16 * (i % 4)
+        y = base + 18 + 16 * (i % 5)  # one row per mark: close values do not overlap
         tx = min(max(x(v), left + 70), w - right - 70)  # keep the label inside the chart
         body.append(
             f'<line class="method" data-method="{escape(label)}" x1="{x(v):.1f}" y1="{base - 6}" '

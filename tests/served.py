@@ -20,6 +20,15 @@ FAST: dict[str, Any] = {
     "slip": {"n_estimators": 40, "learning_rate": 0.1},
 }
 
+# The smallest forecast the forecast model allows: serving is tested here, not the sampler.
+FORECAST: dict[str, Any] = {
+    "forecast_draws": 50,
+    "forecast_tune": 50,
+    "forecast_chains": 1,
+    "forecast_scenarios": 1000,
+    "forecast_history_scorer": "stage-history",
+}
+
 
 @dataclass
 class World:
@@ -42,6 +51,7 @@ class World:
             "mlflow_tracking_uri": self.tracking_uri,
             "mlflow_artifacts": self.artifacts,
             "model_refresh_seconds": 0,
+            **FORECAST,
         }
         return ApiSettings(**{**values, **over})
 
@@ -53,6 +63,7 @@ class World:
             "PIPECAST_JOBS_DIR": str(self.root / "jobs"),
             "PIPECAST_MLFLOW_TRACKING_URI": self.tracking_uri,
             "PIPECAST_MLFLOW_ARTIFACTS": self.artifacts,
+            **{f"PIPECAST_{k.upper()}": str(v) for k, v in FORECAST.items()},
         }
         return {**values, **over}
 

@@ -167,6 +167,41 @@ def test_a_manager_cannot_open_the_models_page(browser: Any, base: str, world: W
     page.context.close()
 
 
+@pytest.mark.slow  # the server's first forecast fits the forecast model (a minute or two here)
+def test_the_forecast_page_shows_the_api_forecast(
+    browser: Any, base: str, world: World, shots: Path
+) -> None:
+    # mid-quarter: the store's last export is the quarter's end, when nothing is left to forecast
+    url = "/v1/forecast?as_of=2025-11-15"
+    r = httpx.get(f"{base}{url}", headers=world.headers("manager"), timeout=600)
+    assert r.status_code == 200, r.text
+    api = r.json()
+    page = _page(browser, base)
+    page.set_default_timeout(120_000)
+    _login(page, world.keys["manager"], "/forecast?as_of=2025-11-15")
+    assert page.locator('nav a[href="/forecast"][aria-current="page"]').count() == 1
+    chart = page.locator("#forecast-chart svg")
+    assert chart.locator("rect.density").count() > 0
+    box = chart.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 50
+    assert page.locator("#forecast-chart svg line.quantile").count() == 3
+    assert page.locator("#weeks-chart svg polyline.p50").count() == 1
+    p50 = page.locator('[data-metric="p50"]').get_attribute("data-value")
+    assert p50 is not None and float(p50) == api["pipecast"]["p50"]
+    for name, value in api["methods"].items():
+        row = page.locator(f'#methods tr[data-method="{name}"]')
+        got = row.get_attribute("data-value")
+        assert (float(got) if got else None) == value, name
+    drivers = page.eval_on_selector_all(
+        "#drivers tr[data-deal]", "rs => rs.map(r => r.dataset.deal)"
+    )
+    assert drivers == [d["deal_id"] for d in api["drivers"]]
+    page.screenshot(path=str(shots / "forecast.png"), full_page=True)
+    page.goto("/")
+    assert page.url.endswith("/forecast")  # a manager's home page
+    page.context.close()
+
+
 @pytest.mark.parametrize("width", [1280, 768])
 def test_pages_fit_laptop_and_tablet_widths(
     browser: Any, base: str, world: World, width: int

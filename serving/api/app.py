@@ -14,7 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from features.data.stages import load_stage_config
 from serving.api import errors
 from serving.api.models import ModelHolder, Registry
-from serving.api.routers import data, deals, health, models, pipeline
+from serving.api.routers import data, deals, forecast, health, models, pipeline
 from serving.api.settings import ApiSettings
 from serving.api.state import AppState, ResultCache, StoreCache
 from serving.auth import KeyStore, session_secret
@@ -77,9 +77,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         response.headers["X-Request-ID"] = rid
         return response
 
-    # /v1/forecast (forecasting package) is added here when that package lands.
     for router in (health.router, pipeline.router, deals.router, models.router, data.router):
         app.include_router(router)
+    app.include_router(forecast.router)
     # Web pages: a login puts the key's hash in a signed cookie (8 hours; SameSite=Lax keeps
     # other sites from posting with it).
     app.add_middleware(

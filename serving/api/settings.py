@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import SettingsConfigDict
 
@@ -21,3 +22,12 @@ class ApiSettings(Settings):
     model_refresh_seconds: float = 5.0
     # Largest upload accepted by POST /v1/data/import (bytes).
     max_upload_bytes: int = 200 * 1024 * 1024
+    # The quarter forecast (GET /v1/forecast): sampler size and scenarios. A cold forecast fits
+    # the posterior (about 90 s on the 3,000-deal demo at the defaults); tests use the minimum.
+    forecast_draws: int = 300
+    forecast_tune: int = 300
+    forecast_chains: int = 2
+    forecast_scenarios: int = 4000
+    # How past quarters' deals are scored for the fit: the training models refitted per quarter,
+    # or historical stage win rates (much faster; tests).
+    forecast_history_scorer: Literal["models", "stage-history"] = "models"

@@ -6,7 +6,11 @@ scope, and a second request for the same thing is a cache hit.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import threading
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -16,10 +20,11 @@ import pandas as pd
 from features.data.calendar import parse_when
 from features.errors import NotFoundError
 from features.pipeline.hygiene import HygieneFlag, StageOutliers, hygiene_flags, stage_outliers
-from features.pipeline.metrics import PipelineMetrics, compute_metrics
+from features.pipeline.metrics import PipelineMetrics, compute_metrics, jsonable
 from features.pipeline.review import ReviewPack, SortKey, review_pack
 from serving.api.errors import ServiceUnavailable
 from serving.api.models import Served
+from serving.api.settings import ApiSettings
 from serving.api.state import AppState, Snapshot
 from serving.auth import Caller, ForbiddenError, Role
 
@@ -290,3 +295,228 @@ def deal_detail(
         "flags": [f for f in flags if f.deal_id == deal_id],
         "history": deal_history(snap, deal_id, as_of),
     }
+
+
+# --- the quarter forecast -----------------------------------------------------------------------
+# A cold forecast fits the Bayesian layer (deal models per past quarter, nutpie compile and
+# sampling: ~90 s on the 3,000-deal demo); it is computed in the request, once per store version,
+# model versions and date, and kept: in memory (every scope of that date reuses the posterior) and
+# on disk beside the store (``STORE.forecast-cache/``), so a restarted server answers warm too.
+QUANTILE_GRID = tuple(round(q / 100, 2) for q in range(5, 100, 5))
+RULES = ("stage_weighted", "commit", "best_case", "historical_conversion")
+
+
+@dataclass
+class _ForecastRunner:
+    """One store version's :class:`ForecastService` and the lock that keeps two cold requests
+    from fitting the same posterior twice (the service is not thread-safe)."""
+
+    service: Any
+    recipe: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _forecast_config(settings: ApiSettings) -> Any:
+    from forecasting.model import ModelConfig
+
+    return ModelConfig(
+        draws=settings.forecast_draws, tune=settings.forecast_tune, chains=settings.forecast_chains
+    )
+
+
+def _runner(
+    state: AppState, snap: Snapshot, served: Served, settings: ApiSettings
+) -> _ForecastRunner:
+    from forecasting.forecast import ForecastService
+    from forecasting.scoring import ModelScorers, fit_stage_history
+    from forecasting.simulate import SimOptions
+
+    config = _forecast_config(settings)
+
+    def build() -> _ForecastRunner:
+        scorer = settings.forecast_history_scorer
+        factory = ModelScorers() if scorer == "models" else fit_stage_history
+        service = ForecastService(
+            snap.tables,
+            state.stages,
+            served=served.models,
+            factory=factory,
+            config=config,
+            options=SimOptions(n_scenarios=settings.forecast_scenarios),
+        )
+        return _ForecastRunner(service, f"{scorer}:{served.key!r}")
+
+    return state.results.get_or_compute(_key("forecast-service", snap, served, settings), build)
+
+
+def _key(kind: str, snap: Snapshot, served: Served, settings: ApiSettings, *rest: Any) -> Any:
+    """A cache key naming the data, the deal models and the forecast model's configuration."""
+    config = _forecast_config(settings).config_hash()
+    sim = (settings.forecast_scenarios, settings.forecast_history_scorer)
+    return (kind, snap.version, served.key, config, sim, *rest)
+
+
+def _warm_from_disk(runner: _ForecastRunner, settings: ApiSettings, as_of: pd.Timestamp) -> None:
+    """Fit (or load from the on-disk cache) the posterior and scored pipeline of ``as_of``."""
+    from forecasting.cache import ForecastCache, cache_key
+
+    service = runner.service
+    engine = service.engine
+    if as_of in service._posteriors:
+        return
+    root = settings.db.with_suffix(".forecast-cache")
+    disk = ForecastCache(root, cache_key(engine.tables, as_of, engine.config, runner.recipe))
+    hit = disk.load(engine.config)
+    if hit is not None:
+        fitted, scored, _notes = hit
+        service._posteriors[as_of] = fitted
+        engine.scored_cache[as_of] = scored
+        return
+    fitted = service.posterior(as_of)
+    with contextlib.suppress(OSError):  # a read-only folder only costs a restart a refit
+        disk.save(fitted, engine.scored(as_of), {})
+
+
+def forecast_as_of(snap: Snapshot, quarter: str | None, as_of: AsOf) -> pd.Timestamp:
+    """The forecast date: ``as_of`` (inside ``quarter`` when both are given), else the store's
+    latest export time, or the quarter's end if earlier. 404 for a quarter the data does not
+    reach; 422 for an ``as_of`` outside the quarter."""
+    from features.data.calendar import quarter_bounds
+    from features.errors import InputError
+
+    if quarter is None:
+        return resolve_as_of(as_of, snap)
+    start, end = quarter_bounds(quarter)
+    data_end = resolve_as_of(None, snap)
+    first = snap.tables.deals["created_at"].min()
+    if start > data_end or end < pd.Timestamp(first):
+        raise NotFoundError(
+            f"quarter {quarter}: the data covers {pd.Timestamp(first):%Y-%m-%d}.."
+            f"{data_end:%Y-%m-%d}"
+        )
+    when = min(end, data_end) if as_of is None else parse_when(as_of, "as_of")
+    if not start <= when <= end:
+        raise InputError(
+            f"as_of {when:%Y-%m-%d} is outside {quarter} ({start:%Y-%m-%d}..{end:%Y-%m-%d})"
+        )
+    return when
+
+
+def _visible_owners(caller: Caller, snap: Snapshot) -> set[str] | None:
+    if caller.role is Role.REVOPS:
+        return None
+    deals = snap.tables.deals
+    if caller.role is Role.REP:
+        return {str(caller.owner)}
+    return {str(o) for o in deals.loc[deals["team"] == caller.team, "owner"].dropna().unique()}
+
+
+def forecast(
+    state: AppState,
+    snap: Snapshot,
+    served: Served,
+    settings: ApiSettings,
+    caller: Caller,
+    as_of: pd.Timestamp,
+    *,
+    team: str | None,
+    owner: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """The forecast of a scope the caller may see (already resolved by :func:`scope`) as the API
+    returns it, and whether it came from the cache."""
+    runner = _runner(state, snap, served, settings)
+    key = _key("forecast", snap, served, settings, as_of, team, owner)
+    hit = key in state.results
+
+    def compute() -> dict[str, Any]:
+        with runner.lock:
+            _warm_from_disk(runner, settings, as_of)
+            fc = runner.service.forecast(as_of, team=team, owner=owner, explain=True)
+        return _forecast_body(fc, served)
+
+    body = state.results.get_or_compute(key, compute)
+    visible = _visible_owners(caller, snap)
+    if visible is not None:  # the scope already limits them; never trust that alone
+        body = {**body, "drivers": [d for d in body["drivers"] if d["owner"] in visible]}
+    return body, hit
+
+
+def _forecast_body(fc: Any, served: Served) -> dict[str, Any]:
+    grid = np.quantile(fc.scenarios, QUANTILE_GRID) if len(fc.scenarios) else []
+    model = dict(fc.model)
+    diagnostics = model.pop("diagnostics", {})
+    return {
+        "quarter": fc.quarter,
+        "as_of": pd.Timestamp(fc.as_of),
+        "scope": fc.scope,
+        "target": fc.target,
+        "won_so_far": fc.won_so_far,
+        "pipecast": dataclasses.asdict(fc.pipecast),
+        "quantiles": [
+            {"q": q, "value": float(v)} for q, v in zip(QUANTILE_GRID, grid, strict=False)
+        ],
+        "methods": {name: fc.rules.get(name) for name in RULES},
+        "independent_stage_sim": dataclasses.asdict(fc.independent_stage_sim),
+        "drivers": [dataclasses.asdict(d) for d in fc.drivers],
+        "model_versions": {
+            "forecast_config_hash": str(model.get("config_hash")),
+            "forecast_fitted_as_of": str(model.get("as_of")),
+            "history_quarters": [str(q) for q in model.get("history_quarters", [])],
+            "scorer": model.get("scorer"),
+            "deal_models": dict(served.versions),
+            "deal_models_fallback": served.fallback_reason,
+        },
+        "diagnostics": {**jsonable(diagnostics), "promotable": bool(model.get("promotable"))},
+        "open_deals": int(model.get("open_deals", 0)),
+        "scenarios": int(model.get("scenarios", 0)),
+    }
+
+
+def forecast_weeks(
+    state: AppState,
+    snap: Snapshot,
+    served: Served,
+    settings: ApiSettings,
+    as_of: pd.Timestamp,
+    *,
+    team: str | None,
+    owner: str | None,
+) -> list[dict[str, Any]]:
+    """The forecast at the end of each past week of ``as_of``'s quarter and at ``as_of``.
+
+    Earlier weeks reuse ``as_of``'s fitted posterior (the pipeline, won deals and rules are each
+    week's own): refitting per week would cost a cold forecast per point.
+    """
+    from features.data.calendar import quarter_bounds, quarter_of
+    from forecasting.forecast import run_forecast
+
+    runner = _runner(state, snap, served, settings)
+    start = quarter_bounds(quarter_of(as_of))[0]
+    sundays = pd.date_range(start, as_of, freq="W-SUN")
+    points = [pd.Timestamp(d) + pd.Timedelta(hours=23, minutes=59, seconds=59) for d in sundays]
+    points = [p for p in points if p < as_of] + [as_of]
+    key = _key("forecast-weeks", snap, served, settings, as_of, team, owner)
+
+    def compute() -> list[dict[str, Any]]:
+        out = []
+        with runner.lock:
+            _warm_from_disk(runner, settings, as_of)
+            fitted = runner.service.posterior(as_of)
+            for when in points:
+                fc = run_forecast(
+                    runner.service.engine, when, team=team, owner=owner, fitted=fitted,
+                    with_actual=False,
+                )  # fmt: skip
+                out.append(
+                    {
+                        "as_of": when,
+                        "p10": fc.pipecast.p10,
+                        "p50": fc.pipecast.p50,
+                        "p90": fc.pipecast.p90,
+                        "won_so_far": fc.won_so_far,
+                        **{name: fc.rules.get(name) for name in RULES},
+                    }
+                )
+        return out
+
+    return state.results.get_or_compute(key, compute)

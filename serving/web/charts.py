@@ -6,6 +6,7 @@ drawn is text in the page too (tables beside the charts), so the chart is never 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from html import escape
 from typing import Any
@@ -155,5 +156,126 @@ def timeline_svg(
         "Deal timeline",
         f"{len(stages)} stage entries, {len(history.get('changes', []))} field changes and "
         f"{len(history.get('activities', []))} activities between {t0:%Y-%m-%d} and {t1:%Y-%m-%d}.",
+        body,
+    )
+
+
+def _money_short(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if abs(v) >= 1e6 else f"{v / 1e3:.0f}K"
+
+
+def forecast_svg(fc: dict[str, Any]) -> str:
+    """The quarter's revenue distribution as a density drawn from the quantile grid (each 5%
+    of scenarios between two grid points is a bar of equal area), with P10/P50/P90, the target
+    and the rule-based forecasts marked."""
+    w, h, left, right, top, base = 900, 310, 20, 20, 30, 220
+    grid = [(float(p["q"]), float(p["value"])) for p in fc["quantiles"]]
+    d = fc["pipecast"]
+    marks: list[tuple[str, float, str]] = [
+        (name.replace("_", " "), float(v), PALETTE[(i + 1) % len(PALETTE)])
+        for i, (name, v) in enumerate(fc["methods"].items())
+        if v is not None
+    ]
+    if fc["target"] is not None:
+        marks.append(("target", float(fc["target"]), "#111827"))
+    values = [v for _, v in grid] + [v for _, v, _ in marks] + [d["p10"], d["p90"]]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or 1.0
+    lo, hi = lo - pad, hi + pad
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * (w - left - right)
+
+    bars = []
+    for (q0, v0), (q1, v1) in itertools.pairwise(grid):
+        bars.append((v0, v1, (q1 - q0) / max(v1 - v0, (hi - lo) * 1e-3)))
+    peak = max((b[2] for b in bars), default=1.0)
+    body = [f'<line x1="{left}" y1="{base}" x2="{w - right}" y2="{base}" stroke="#94a3b8"/>']
+    for v0, v1, dens in bars:
+        bh = dens / peak * (base - top - 20)
+        body.append(
+            f'<rect class="density" x="{x(v0):.1f}" y="{base - bh:.1f}" '
+            f'width="{max(x(v1) - x(v0), 0.5):.1f}" height="{bh:.1f}" fill="#bfdbfe" '
+            'stroke="#93c5fd"/>'
+        )
+    lines = (("P10", d["p10"], "4 3"), ("P50", d["p50"], ""), ("P90", d["p90"], "4 3"))
+    for label, v, dash in lines:
+        body.append(
+            f'<line class="quantile" data-q="{label}" x1="{x(v):.1f}" y1="{top}" x2="{x(v):.1f}" '
+            f'y2="{base}" stroke="#2563eb" stroke-width="{3 if label == "P50" else 1.5}" '
+            f'stroke-dasharray="{dash}"/>'
+            f'<text x="{x(v):.1f}" y="{top - 8}" font-size="12" text-anchor="middle" '
+            f'fill="#1d4ed8">{label} {_money_short(v)}</text>'
+        )
+    for i, (label, v, color) in enumerate(marks):
+        y = base + 18 + 16 * (i % 5)  # one row per mark: close values do not overlap
+        tx = min(max(x(v), left + 70), w - right - 70)  # keep the label inside the chart
+        body.append(
+            f'<line class="method" data-method="{escape(label)}" x1="{x(v):.1f}" y1="{base - 6}" '
+            f'x2="{x(v):.1f}" y2="{base + 6}" stroke="{color}" stroke-width="3"/>'
+            f'<text x="{tx:.1f}" y="{y}" font-size="11" text-anchor="middle" fill="{color}">'
+            f"{escape(label)} {_money_short(v)}</text>"
+        )
+    return _svg(
+        w,
+        h,
+        "Quarter revenue forecast",
+        f"Distribution of the quarter's revenue: P10 {d['p10']:,.0f}, P50 {d['p50']:,.0f}, "
+        f"P90 {d['p90']:,.0f}; the target and the rule-based forecasts are marked.",
+        body,
+    )
+
+
+def weeks_svg(points: list[dict[str, Any]], target: float | None) -> str:
+    """The forecast at each week of the quarter so far: the P10-P90 band, the P50, the won
+    revenue and the target."""
+    w, h, left, right, top, bottom = 900, 240, 70, 20, 20, 30
+    values = [p[k] for p in points for k in ("p10", "p90", "won_so_far")]
+    if target is not None:
+        values.append(target)
+    lo, hi = 0.0, max(values) * 1.05 or 1.0
+    n = max(len(points) - 1, 1)
+
+    def x(i: int) -> float:
+        return left + i / n * (w - left - right)
+
+    def y(v: float) -> float:
+        return top + (1 - (v - lo) / (hi - lo)) * (h - top - bottom)
+
+    band = [f"{x(i):.1f},{y(p['p90']):.1f}" for i, p in enumerate(points)]
+    band += [f"{x(i):.1f},{y(p['p10']):.1f}" for i, p in reversed(list(enumerate(points)))]
+    body = [f'<polygon points="{" ".join(band)}" fill="#dbeafe" stroke="none"/>']
+    for key, color, width in (("p50", "#2563eb", 3), ("won_so_far", "#10b981", 2)):
+        line = " ".join(f"{x(i):.1f},{y(p[key]):.1f}" for i, p in enumerate(points))
+        body.append(
+            f'<polyline class="{key}" points="{line}" fill="none" stroke="{color}" '
+            f'stroke-width="{width}"/>'
+        )
+        body += [
+            f'<circle cx="{x(i):.1f}" cy="{y(p[key]):.1f}" r="3" fill="{color}"/>'
+            for i, p in enumerate(points)
+        ]
+    if target is not None:
+        body.append(
+            f'<line x1="{left}" y1="{y(target):.1f}" x2="{w - right}" y2="{y(target):.1f}" '
+            f'stroke="#111827" stroke-dasharray="6 4"/><text x="{w - right}" '
+            f'y="{y(target) - 4:.1f}" font-size="11" text-anchor="end">target</text>'
+        )
+    for t in (lo, hi / 2, hi):
+        body.append(
+            f'<text x="{left - 6}" y="{y(t) + 4:.1f}" font-size="11" text-anchor="end">'
+            f"{_money_short(t)}</text>"
+        )
+    for i, p in enumerate(points):
+        body.append(
+            f'<text x="{x(i):.1f}" y="{h - 10}" font-size="11" text-anchor="middle">'
+            f"{pd.Timestamp(p['as_of']):%m-%d}</text>"
+        )
+    return _svg(
+        w,
+        h,
+        "Forecast by week",
+        "The P50 forecast (line) and its P10-P90 band at the end of each week of the quarter so "
+        "far, with the revenue won by then and the target.",
         body,
     )

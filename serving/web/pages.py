@@ -182,8 +182,46 @@ def logout(request: Request) -> RedirectResponse:
 
 @router.get("/")
 def home(caller: PageCaller) -> RedirectResponse:
-    # The forecast page (managers' home) joins with the forecasting package; until then: deals.
-    return RedirectResponse("/deals", status_code=303)
+    # Managers and RevOps start from the forecast; a rep from their deals.
+    target = "/deals" if caller.role is Role.REP else "/forecast"
+    return RedirectResponse(target, status_code=303)
+
+
+# --- forecast -----------------------------------------------------------------------------------
+@router.get("/forecast")
+def forecast_page(
+    request: Request,
+    caller: PageCaller,
+    state: PageState,
+    team: str | None = None,
+    owner: str | None = None,
+    as_of: str | None = None,
+) -> HTMLResponse:
+    def build() -> HTMLResponse:
+        snap = state.store.current()
+        served = state.models.current()
+        settings = request.app.state.settings
+        scope = Scope(caller, snap, team, owner, as_of)
+        fc, _ = views.forecast(
+            state, snap, served, settings, caller, scope.as_of, team=scope.team, owner=scope.owner
+        )
+        weeks = views.forecast_weeks(
+            state, snap, served, settings, scope.as_of, team=scope.team, owner=scope.owner
+        )
+        return render(
+            request,
+            "forecast.html",
+            caller,
+            page="forecast",
+            fc=fc,
+            weeks=weeks,
+            chart=charts.forecast_svg(fc),
+            weeks_chart=charts.weeks_svg(weeks, fc["target"]),
+            scope=scope,
+            choices=choices(caller, snap, scope),
+        )
+
+    return guarded(request, caller, build)
 
 
 # --- pipeline health ----------------------------------------------------------------------------

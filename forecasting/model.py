@@ -238,7 +238,7 @@ def _with_coords(compiled: Any, fd: FitData) -> Any:
 @dataclass(frozen=True)
 class Diagnostics:
     divergences: int
-    max_rhat: float
+    max_rhat: float | None  # None: one chain, r-hat is undefined (and the gate is not passed)
     min_ess_bulk: float
     draws: int
     chains: int
@@ -248,6 +248,7 @@ class Diagnostics:
     def ok(self, config: ModelConfig) -> bool:
         return (
             self.divergences <= config.max_divergences
+            and self.max_rhat is not None
             and self.max_rhat <= config.max_rhat
             and self.min_ess_bulk >= config.min_ess
         )
@@ -256,11 +257,20 @@ class Diagnostics:
         out = []
         if self.divergences > config.max_divergences:
             out.append(f"{self.divergences} divergences (max {config.max_divergences})")
-        if self.max_rhat > config.max_rhat:
+        if self.max_rhat is None:
+            out.append(f"r-hat undefined with {self.chains} chain (needs 2 or more)")
+        elif self.max_rhat > config.max_rhat:
             out.append(f"r-hat {self.max_rhat:.3f} (max {config.max_rhat})")
         if self.min_ess_bulk < config.min_ess:
             out.append(f"bulk ESS {self.min_ess_bulk:.0f} (min {config.min_ess:.0f})")
         return out
+
+
+def _max_rhat(rhat: Any) -> float | None:
+    """The largest r-hat over the parameters; None where it is undefined (a single chain)."""
+    values = np.concatenate([np.ravel(rhat[v].values) for v in rhat.data_vars])
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else None
 
 
 # Parameters the simulator reads; their diagnostics gate promotion.
@@ -363,7 +373,7 @@ def fit(fd: FitData, config: ModelConfig | None = None) -> FittedForecastModel:
     ess = az.ess(post, method="bulk")
     diag = Diagnostics(
         divergences=int(idata.sample_stats["diverging"].values.sum()),
-        max_rhat=float(max(float(np.nanmax(rhat[v].values)) for v in rhat.data_vars)),
+        max_rhat=_max_rhat(rhat),
         min_ess_bulk=float(min(float(np.nanmin(ess[v].values)) for v in ess.data_vars)),
         draws=config.draws,
         chains=config.chains,

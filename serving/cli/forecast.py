@@ -258,9 +258,10 @@ def _print_forecast(fc: Any) -> None:
                 )
         console.print(t)
     diag = fc.model["diagnostics"]
+    rhat = "-" if diag["max_rhat"] is None else f"{diag['max_rhat']:.3f}"
     console.print(
         f"model {fc.model['config_hash']}: {diag['divergences']} divergences, r-hat "
-        f"{diag['max_rhat']:.3f}, ESS {diag['min_ess_bulk']:.0f}, fitted on "
+        f"{rhat}, ESS {diag['min_ess_bulk']:.0f}, fitted on "
         f"{', '.join(fc.model['history_quarters'])} in {diag['seconds']:.0f}s; "
         f"{fc.model['scenarios']} scenarios over {fc.model['open_deals']} open deals"
     )

@@ -8,12 +8,12 @@ a client should allow two minutes for the first call of a day. Every later call 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
+from features.serialize import UtcDatetime
 from serving.api import views
 from serving.api.deps import (
     AsOfQuery,
@@ -25,8 +25,9 @@ from serving.api.deps import (
     StateDep,
     TeamQuery,
 )
+from serving.api.errors import AUTHENTICATED, READS_STORE
 
-router = APIRouter(prefix="/v1", tags=["forecast"])
+router = APIRouter(prefix="/v1", tags=["forecast"], responses={**AUTHENTICATED, **READS_STORE})
 
 QuarterQuery = Annotated[
     str | None,
@@ -82,7 +83,7 @@ class ModelVersions(BaseModel):
 
 class ForecastAnswer(BaseModel):
     quarter: str
-    as_of: datetime
+    as_of: UtcDatetime
     scope: str = Field(description="company, team:T or owner:O")
     target: float | None
     won_so_far: float

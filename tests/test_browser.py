@@ -202,6 +202,30 @@ def test_the_forecast_page_shows_the_api_forecast(
     page.context.close()
 
 
+def test_the_pipeline_page_shows_the_api_metrics(
+    browser: Any, base: str, world: World, shots: Path
+) -> None:
+    page = _page(browser, base)
+    _login(page, world.keys["manager"], "/pipeline?as_of=2025-11-15")
+    api = _api(base, world, "manager", "/v1/pipeline/metrics?as_of=2025-11-15")
+    shown: dict[str, str] = dict(
+        page.eval_on_selector_all(
+            ".kpi[data-metric]", "ks => ks.map(k => [k.dataset.metric, k.dataset.value])"
+        )
+    )
+    assert len(shown) >= 6
+    for key, value in shown.items():
+        section, name = key.split(".")
+        expected = api[section][name]
+        if expected is None:
+            assert value == "", key
+        else:
+            assert float(value) == pytest.approx(expected, rel=1e-9), key
+    assert page.locator("#health-chart svg *").count() > 10  # the charts are drawn
+    page.screenshot(path=str(shots / "pipeline.png"), full_page=False)
+    page.context.close()
+
+
 @pytest.mark.parametrize("width", [1280, 768])
 def test_pages_fit_laptop_and_tablet_widths(
     browser: Any, base: str, world: World, width: int

@@ -35,21 +35,10 @@ from features.data.schema import CanonicalTables, Outcome
 from features.data.stages import StageConfig
 from features.errors import NotEnoughDataError
 from features.signals.pointintime import deal_states
+from training.scoring import COLUMNS as SCORING_COLUMNS
 
-SCORE_COLUMNS = [
-    "deal_id",
-    "owner",
-    "team",
-    "segment",
-    "product",
-    "stage",
-    "amount",
-    "expected_close_date",
-    "forecast_category",
-    "p_win",
-    "p_won_this_quarter",
-    "expected_value",
-]
+# The deal scores' columns (training's list, one place) that the simulator reads.
+SCORE_COLUMNS = [c for c in SCORING_COLUMNS if c != "p_close_this_quarter_given_win"]
 # Fewer closed deals than this before the cut-off: no stage rate is worth fitting.
 MIN_CLOSED_DEALS = 30
 # Pseudo-count of the shrinkage toward the configured stage probability.

@@ -131,3 +131,41 @@ def test_job_progress_never_goes_back_across_the_two_fits() -> None:
     seen = [tracker.update(*t) for t in ticks]
     assert seen == sorted(seen) and seen[-1] == 1.0
     assert seen[4] > seen[3]  # the second fit (the model to serve) counts on from the first
+
+
+def test_simultaneous_retrain_requests_start_one_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking for a running retrain and starting one happen under one lock: of several
+    requests arriving together, one starts a job and the others are told it is running."""
+    check = jobs.running
+
+    def slow_check(folder: Path) -> str | None:
+        found = check(folder)
+        time.sleep(0.2)  # widen the window between the check and the start
+        return found
+
+    monkeypatch.setattr(jobs, "running", slow_check)
+    spec = {"db": str(tmp_path / "missing.duckdb"), "tracking_uri": "sqlite:///unused.db"}
+    gate = threading.Barrier(6)
+    started: list[str] = []
+    refused: list[str] = []
+
+    def request() -> None:
+        gate.wait()
+        try:
+            started.append(jobs.start_retrain_if_idle(tmp_path / "jobs", spec)["id"])
+        except jobs.RetrainRunning as busy:
+            refused.append(busy.job_id)
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(started) == 1 and refused == [started[0]] * 5
+    deadline = time.monotonic() + 120
+    while jobs.running(tmp_path / "jobs"):  # the job fails (no store) and frees the slot
+        assert time.monotonic() < deadline, "the job never finished"
+        time.sleep(0.1)
+    assert jobs.read_status(tmp_path / "jobs", started[0])["state"] == "failed"

@@ -12,6 +12,7 @@ models stay as they were.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -21,10 +22,12 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from features.errors import NotFoundError
+from features.errors import NotFoundError, PipecastError
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 STATES = ("queued", "running", "succeeded", "failed")
@@ -95,6 +98,37 @@ def running(jobs_dir: Path) -> str | None:
             except (OSError, ValueError, NotFoundError):
                 continue
     return None
+
+
+class RetrainRunning(PipecastError):
+    """A retrain is already queued or running (one at a time)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"retrain {job_id} is still running; poll /v1/jobs/{job_id}")
+        self.job_id = job_id
+
+
+@contextmanager
+def _exclusive(jobs_dir: Path) -> Iterator[None]:
+    """Hold ``jobs_dir/.lock`` (an advisory file lock, so it spans threads, workers and
+    processes): checking for a running job and starting one must not interleave."""
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    with open(jobs_dir / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def start_retrain_if_idle(jobs_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`start_retrain` unless a retrain is queued or running (then
+    :class:`RetrainRunning`): two simultaneous requests start one job, not two."""
+    with _exclusive(jobs_dir):
+        busy = running(jobs_dir)
+        if busy:
+            raise RetrainRunning(busy)
+        return start_retrain(jobs_dir, spec)
 
 
 def start_retrain(jobs_dir: Path, spec: dict[str, Any]) -> dict[str, Any]:

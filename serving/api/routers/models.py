@@ -122,21 +122,21 @@ def retrain(
     make_config(**(body.config or {}))  # a bad recipe is a 422 now, not a failed job later
     if not state.store.path.exists():
         raise ServiceUnavailable("no store to train on: import data first")
-    running = jobs.running(settings.jobs_dir)
-    if running:
-        raise Conflict(f"retrain {running} is still running; poll /v1/jobs/{running}")
-    status = jobs.start_retrain(
-        settings.jobs_dir,
-        {
-            "db": str(state.store.path),
-            "stages": str(settings.stages) if settings.stages else None,
-            "tracking_uri": settings.mlflow_tracking_uri,
-            "artifacts": settings.mlflow_artifacts,
-            "config": body.config,
-            "as_of": body.as_of.isoformat() if body.as_of else None,
-            "requested_by": caller.key_id,
-        },
-    )
+    try:
+        status = jobs.start_retrain_if_idle(
+            settings.jobs_dir,
+            {
+                "db": str(state.store.path),
+                "stages": str(settings.stages) if settings.stages else None,
+                "tracking_uri": settings.mlflow_tracking_uri,
+                "artifacts": settings.mlflow_artifacts,
+                "config": body.config,
+                "as_of": body.as_of.isoformat() if body.as_of else None,
+                "requested_by": caller.key_id,
+            },
+        )
+    except jobs.RetrainRunning as busy:
+        raise Conflict(str(busy)) from None
     response.headers["Location"] = f"/v1/jobs/{status['id']}"
     return _status(status)
 

@@ -129,3 +129,16 @@ def test_static_files_are_served_locally(site) -> None:
     assert (
         "http://" not in page.text.replace("http://testserver", "") and "https://" not in page.text
     )
+
+
+def test_the_review_table_is_cut_to_the_biggest_deals(site) -> None:
+    client, tokens, _ = site
+    _login(client, tokens["revops"])
+    full = client.get(f"/pipeline?as_of={AS_OF}&review_limit=10000").text
+    cut = client.get(f"/pipeline?as_of={AS_OF}&review_limit=3").text
+    review = re.compile(r'<table id="review">.*?</table>', re.S)
+    rows_full = re.findall(r'<tr data-deal="([^"]+)"', review.search(full).group(0))
+    rows_cut = re.findall(r'<tr data-deal="([^"]+)"', review.search(cut).group(0))
+    assert len(rows_full) > 3 and rows_cut == rows_full[:3]
+    assert 'id="review-more"' in cut and 'id="review-more"' not in full
+    assert f"biggest of {len(rows_full)} deals" in cut

@@ -233,6 +233,7 @@ def pipeline_page(
     team: str | None = None,
     owner: str | None = None,
     as_of: str | None = None,
+    review_limit: int = 100,
 ) -> HTMLResponse:
     def build() -> HTMLResponse:
         snap = state.store.current()
@@ -251,6 +252,9 @@ def pipeline_page(
             page="pipeline",
             m=m,
             review=review,
+            # The biggest deals first (the pack is sorted by amount): a company-wide review of a
+            # large store would be thousands of rows, megabytes no one reads in a meeting.
+            review_rows=review.deals[: max(1, min(review_limit, 10_000))],
             chart=chart,
             stage_rows=rows,
             scope=scope,

@@ -15,6 +15,7 @@ import pytest
 from features.errors import NotFoundError
 from serving.api import jobs
 from serving.api.models import ModelHolder, Versions
+from serving.api.state import ResultCache
 
 
 class FakeModels:
@@ -169,3 +170,33 @@ def test_simultaneous_retrain_requests_start_one_job(
         assert time.monotonic() < deadline, "the job never finished"
         time.sleep(0.1)
     assert jobs.read_status(tmp_path / "jobs", started[0])["state"] == "failed"
+
+
+def test_requests_arriving_together_compute_an_answer_once() -> None:
+    cache = ResultCache()
+    gate = threading.Barrier(4)
+    calls: list[int] = []
+    answers: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        time.sleep(0.3)  # a slow first computation (a page after a load)
+        return 42
+
+    def request() -> None:
+        gate.wait()
+        answers.append(cache.get_or_compute(("pipeline", 1), compute))
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [42] * 4 and len(calls) == 1
+
+    def broken() -> int:
+        raise RuntimeError("store went away")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute("failing", broken)
+    assert "failing" not in cache and cache.get_or_compute("failing", lambda: 7) == 7

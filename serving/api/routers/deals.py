@@ -14,6 +14,7 @@ from features.data.schema import ActivityType, ForecastCategory, StakeholderRole
 from features.errors import NotFoundError
 from features.pipeline.hygiene import HygieneFlag
 from features.serialize import UtcDatetime
+from features.signals import SIGNALS
 from serving.api import views, whatif
 from serving.api.deps import (
     AsOfQuery,
@@ -100,6 +101,15 @@ class DealHistory(BaseModel):
     stakeholders: list[Stakeholder]
 
 
+# A signal is a number, a flag, a label or unknown (null, never 0); mapped custom columns
+# (``custom_*``) come beside the registered ones.
+SignalValue = bool | int | float | str | None
+SIGNALS_DOC = (
+    "the deal's signals as of as_of, by name (null: unknown at that date); `pipecast signals "
+    "--deal ID` prints them with what each means. Registered: " + ", ".join(SIGNALS)
+)
+
+
 class DealDetail(BaseModel):
     deal_id: str
     account: str | None
@@ -115,7 +125,7 @@ class DealDetail(BaseModel):
     method: Method
     fallback_reason: str | None
     model_versions: dict[str, str | None]
-    signals: dict[str, Any] = Field(description="the deal's signals as of as_of")
+    signals: dict[str, SignalValue] = Field(description=SIGNALS_DOC)
     flags: list[HygieneFlag]
     history: DealHistory
 

@@ -227,6 +227,64 @@ def test_what_if_without_a_change_scores_as_before(
         )
 
 
+WHAT_IFS: dict[str, dict[str, Any]] = {
+    "amount": {"amount": 1_000_000},
+    "stage": {"stage": "negotiation"},
+    "close date": {"expected_close_date": "2026-06-30"},
+    "forecast category": {"forecast_category": "commit"},
+    "next step": {"next_step": "steering committee", "next_step_date": "2025-12-20"},
+    "stakeholders": {"add_stakeholders": ["champion", "decision_maker"]},
+    "activities": {"add_activities": ["meeting", "demo"]},
+    "everything": {
+        "amount": 5_000,
+        "stage": "proposal",
+        "expected_close_date": "2025-11-20",
+        "forecast_category": "best_case",
+        "next_step": "send terms",
+        "add_stakeholders": ["finance"],
+        "add_activities": ["proposal", "call"],
+    },
+}
+
+
+@pytest.mark.parametrize("as_of", [AS_OF, None])
+@pytest.mark.parametrize("kind", list(WHAT_IFS))
+def test_what_if_scores_equal_the_full_rescoring(
+    client: TestClient, world: World, kind: str, as_of: str | None
+) -> None:
+    """The endpoint rescores from the changed deals' own rows with the store-wide facts given
+    (serving.api.whatif.rescore); the reference copies the whole store with the changes added
+    and scores it as the list does (rescore_full): equal probabilities and reasons."""
+    from serving.api import views, whatif
+    from serving.api.routers.deals import DealChange
+
+    query = "" if as_of is None else f"?as_of={as_of}"
+    listed = client.get(f"/v1/deals/scores{query}", headers=world.headers("revops")).json()
+    ids = [d["deal_id"] for d in listed["deals"]]
+    picked = ids[:: max(1, len(ids) // 4)][:4]
+    body: dict[str, Any] = {"deals": [{"deal_id": d, **WHAT_IFS[kind]} for d in picked]}
+    if as_of is not None:
+        body["as_of"] = as_of
+    r = client.post("/v1/score", json=body, headers=world.headers("revops"))
+    assert r.status_code == 200, r.text
+    got = {d["deal_id"]: d["after"] for d in r.json()["deals"]}
+
+    state = client.app.state.pipecast  # type: ignore[attr-defined]
+    snap, models = state.store.current(), state.models.current().models
+    when = views.resolve_as_of(as_of, snap)
+    changes = [DealChange.model_validate(d).model_dump(mode="json") for d in body["deals"]]
+    full = whatif.rescore_full(models, snap.tables, state.stages, when, changes)
+    assert sorted(full["deal_id"]) == sorted(picked)
+    for ref in full.to_dict(orient="records"):
+        after = got[ref["deal_id"]]
+        for name in ("p_win", "p_won_this_quarter", "expected_value"):
+            assert after[name] == pytest.approx(ref[name], rel=0, abs=1e-9), (ref["deal_id"], name)
+        assert (after["reasons_for"], after["reasons_against"]) == (
+            ref["reasons_for"],
+            ref["reasons_against"],
+        )
+
+
 @pytest.mark.parametrize(
     ("change", "loc"),
     [

@@ -148,6 +148,32 @@ def score_deals(
         team=team,
         deal_ids=deal_ids,
     )
+    frame = score_rows(models, rows, stages, reasons=reasons, progress=progress)
+    if reasons:
+        frame["next_actions"] = next_actions(tables, stages, as_of, frame, owner=owner, team=team)
+    frame["method"] = METHOD_MODEL
+    out = _ranked(frame)
+    out.attrs["model_versions"] = dict(models.versions)
+    out.attrs["as_of"] = pd.Timestamp(as_of)
+    if pd.Timestamp(as_of) < models.cutoff:
+        out.attrs["note"] = (
+            f"the models were trained on data up to {models.cutoff:%Y-%m-%d}, after "
+            f"{pd.Timestamp(as_of):%Y-%m-%d}: these scores know outcomes that were not known then"
+        )
+    return out
+
+
+def score_rows(
+    models: FittedModels,
+    rows: pd.DataFrame,
+    stages: StageConfig,
+    *,
+    reasons: bool = False,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Signal rows (:func:`open_deal_rows`) scored in chunks, in their order: :data:`COLUMNS`,
+    and with ``reasons`` the ``reasons_for`` and ``reasons_against`` lists (no next actions:
+    those read the store's hygiene, see :func:`score_deals`)."""
     parts, extra = [], []
     total = len(rows)
     for start in range(0, total, CHUNK):
@@ -162,17 +188,7 @@ def score_deals(
     if reasons:
         words = pd.concat(extra, ignore_index=True) if extra else _no_reasons(0)
         frame = pd.concat([frame, words], axis=1)
-        frame["next_actions"] = next_actions(tables, stages, as_of, frame, owner=owner, team=team)
-    frame["method"] = METHOD_MODEL
-    out = _ranked(frame)
-    out.attrs["model_versions"] = dict(models.versions)
-    out.attrs["as_of"] = pd.Timestamp(as_of)
-    if pd.Timestamp(as_of) < models.cutoff:
-        out.attrs["note"] = (
-            f"the models were trained on data up to {models.cutoff:%Y-%m-%d}, after "
-            f"{pd.Timestamp(as_of):%Y-%m-%d}: these scores know outcomes that were not known then"
-        )
-    return out
+    return frame
 
 
 def _reason_columns(models: FittedModels, rows: pd.DataFrame, stages: StageConfig) -> pd.DataFrame:

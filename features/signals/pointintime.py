@@ -329,9 +329,12 @@ def _tracked_field(
     return value.where(known), known
 
 
-def _tracked_fields(rows: _Rows, field_history: pd.DataFrame) -> dict[str, Any]:
-    """Every tracked field, its ``<field>_known`` flag and ``history_known`` (all known)."""
-    since = tracked_since(field_history)
+def _tracked_fields(
+    rows: _Rows, field_history: pd.DataFrame, since: dict[str, pd.Timestamp] | None = None
+) -> dict[str, Any]:
+    """Every tracked field, its ``<field>_known`` flag and ``history_known`` (all known);
+    ``since`` as :func:`tracked_since` of the whole store when ``field_history`` is a part."""
+    since = tracked_since(field_history) if since is None else since
     out: dict[str, Any] = {}
     all_known = np.ones(len(rows.as_of), dtype=bool)
     cols = ["deal_id", "changed_at", "old_value", "new_value"]
@@ -352,6 +355,7 @@ def deal_states(
     *,
     open_only: bool = False,
     static_custom: Iterable[str] = (),
+    tracked: dict[str, pd.Timestamp] | None = None,
 ) -> pd.DataFrame:
     """The state of every deal that existed at each ``as_of`` (one row per as_of and deal), by
     the rule of the module docstring: nothing known only after ``as_of``.
@@ -363,7 +367,9 @@ def deal_states(
     ``observed_at`` on, or once the deal has closed): a deal column without history (custom
     columns, loss reason, ...) is known only there. ``static_custom`` lists the custom columns
     declared fixed at creation, known at every date; the others are missing where the row is
-    not known. ``amount`` is in the corporate currency at the date
+    not known. ``tracked`` is :func:`tracked_since` of the whole store, for ``tables`` that hold
+    only some deals' rows (the tracking start is a fact of the export, not of a deal; default:
+    read from ``tables``). ``amount`` is in the corporate currency at the date
     (:func:`features.data.currency.in_corporate_currency`); ``amount_original`` and
     ``currency`` are the deal's own.
     """
@@ -374,7 +380,7 @@ def deal_states(
     _add(out, _static_columns(rows, deals, static_custom))
     _add(out, _outcome(rows))
     _add(out, _stage(rows, tables.stage_history, stages))
-    _add(out, _tracked_fields(rows, tables.field_history))
+    _add(out, _tracked_fields(rows, tables.field_history, tracked))
     # Amounts in the corporate currency at each as_of (the deal's own beside it).
     money = ["amount", "amount_original", "currency"]
     converted = in_corporate_currency(

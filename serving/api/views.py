@@ -22,6 +22,7 @@ from features.errors import NotFoundError
 from features.pipeline.hygiene import HygieneFlag, StageOutliers, hygiene_flags, stage_outliers
 from features.pipeline.metrics import PipelineMetrics, compute_metrics, jsonable
 from features.pipeline.review import ReviewPack, SortKey, review_pack
+from features.signals.perdeal import DealRows, StoreFacts
 from serving.api.errors import ServiceUnavailable
 from serving.api.models import Served
 from serving.api.settings import ApiSettings
@@ -123,6 +124,35 @@ def all_scores(
         ("scores", snap.version, served.key, as_of),
         lambda: served.scorer.score(snap.tables, state.stages, as_of, reasons=True),
     )
+
+
+def scores_by_deal(
+    state: AppState, snap: Snapshot, served: Served, as_of: pd.Timestamp
+) -> dict[str, dict[str, Any]]:
+    """:func:`all_scores` as plain rows by deal id (the what-if's ``before``), built once per
+    store version, model versions and as-of instead of a frame lookup per request."""
+
+    def compute() -> dict[str, dict[str, Any]]:
+        frame = all_scores(state, snap, served, as_of)
+        return {str(r["deal_id"]): r for r in records(frame)}
+
+    return state.results.get_or_compute(
+        ("scores-by-deal", snap.version, served.key, as_of), compute
+    )
+
+
+def what_if_basis(
+    state: AppState, snap: Snapshot, as_of: pd.Timestamp
+) -> tuple[DealRows, StoreFacts]:
+    """Where each deal's rows are (once per store version) and what a deal's signals read of
+    other deals at ``as_of`` (once per store version and as-of): see :mod:`serving.api.whatif`."""
+    rows = state.results.get_or_compute(
+        ("deal-rows", snap.version), lambda: DealRows.of(snap.tables)
+    )
+    facts = state.results.get_or_compute(
+        ("store-facts", snap.version, as_of), lambda: StoreFacts.of(snap.tables, as_of)
+    )
+    return rows, facts
 
 
 def scores(

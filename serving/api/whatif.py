@@ -5,6 +5,19 @@ entry, a stakeholder added, an activity), so the signals see it through the same
 rule as everything else. At or after a deal's export time its row speaks for it (see
 :mod:`features.signals.pointintime`), so there the row's fields change too. The store itself is
 never touched.
+
+Two ways to the same numbers:
+
+- :func:`rescore` (what the endpoint uses): the changed deals' own rows cut from the store
+  (:class:`~features.signals.perdeal.DealRows`, found once per store version), the changes added to
+  that part only, and its signals computed with what a deal reads of other deals — tracking
+  starts and rep and team track records — taken from
+  :class:`~features.signals.perdeal.StoreFacts` (once per store version and as-of). Then the
+  models score those rows, with reasons but without next actions (the response has none, and
+  they read the whole store's hygiene).
+- :func:`rescore_full`, the reference: the whole store copied with the changes added, scored as
+  the ranked list is. ``tests/test_api_models.py`` holds the two equal over deals, dates and
+  change kinds (``tests/test_perdeal.py`` the signals alone).
 """
 
 from __future__ import annotations
@@ -15,6 +28,10 @@ from typing import Any
 import pandas as pd
 
 from features.data.schema import CanonicalTables
+from features.data.stages import StageConfig
+from features.signals.perdeal import DealRows, StoreFacts, deal_signals
+from training.fitting import FittedModels
+from training.scoring import score_rows
 
 FIELDS = ("amount", "expected_close_date", "forecast_category", "next_step", "next_step_date")
 
@@ -106,3 +123,41 @@ def _rows_changed(
                 value = pd.Timestamp(value)
             out.loc[at, name] = value
     return out
+
+
+def changed_ids(changes: list[dict[str, Any]]) -> list[str]:
+    return [str(c["deal_id"]) for c in changes]
+
+
+def rescore(
+    models: FittedModels,
+    rows: DealRows,
+    facts: StoreFacts,
+    stages: StageConfig,
+    changes: list[dict[str, Any]],
+) -> pd.DataFrame:
+    """The changed deals scored at ``facts.as_of`` with their changes (one row per changed deal
+    open then, in the store's order): p_win, p_won_this_quarter, expected_value and reasons.
+    ``rows`` and ``facts`` must come from the same store tables."""
+    part = apply_changes(rows.part(changed_ids(changes)), changes, facts.as_of)
+    signals = deal_signals(
+        part,
+        facts,
+        stages,
+        custom=models.custom,
+        static_custom=models.config.static_custom,
+    )
+    return score_rows(models, signals, stages, reasons=True)
+
+
+def rescore_full(
+    models: FittedModels,
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    changes: list[dict[str, Any]],
+) -> pd.DataFrame:
+    """:func:`rescore` the slow, obvious way (the reference its tests compare to): the whole
+    store with the changes added, scored as the ranked list is."""
+    changed = apply_changes(tables, changes, as_of)
+    return models.score(changed, stages, as_of, reasons=True, deal_ids=changed_ids(changes))

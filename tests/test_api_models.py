@@ -4,6 +4,7 @@ in a real MLflow (SQLite): a role matrix over every endpoint, scopes, errors, fa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,39 @@ def test_what_if_scores_equal_the_full_rescoring(
             ref["reasons_for"],
             ref["reasons_against"],
         )
+
+
+def test_concurrent_what_ifs_answer_as_one_at_a_time(
+    client: TestClient, world: World, deals: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests arriving together are scored in shared calls (serving.api.batching): each gets
+    what it gets alone, the same deal in two requests included."""
+    ids = [d["deal_id"] for d in deals["deals"]]
+    kinds = list(WHAT_IFS.values())
+    bodies = [
+        {"as_of": AS_OF, "deals": [{"deal_id": ids[i % 5], **kinds[i % len(kinds)]}]}
+        for i in range(12)
+    ]
+    headers = world.headers("revops")
+    alone = [client.post("/v1/score", json=b, headers=headers).json() for b in bodies]
+    from serving.api import batching
+
+    sizes: list[int] = []
+    run_plan = batching.run_plan
+
+    def recorded(asks: Any, compute: Any) -> None:
+        sizes.append(len(asks))
+        run_plan(asks, compute)
+
+    monkeypatch.setattr(batching, "run_plan", recorded)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(
+            pool.map(lambda b: client.post("/v1/score", json=b, headers=headers), bodies)
+        )
+    for body, one, r in zip(bodies, alone, together, strict=True):
+        assert r.status_code == 200, r.text
+        assert r.json() == one, body
+    assert sum(sizes) == len(bodies) and max(sizes) > 1  # some requests did share a call
 
 
 @pytest.mark.parametrize(

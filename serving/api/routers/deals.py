@@ -288,7 +288,15 @@ def score(
             raise NotFoundError(f"deal {d.deal_id!r} is not open at {when:%Y-%m-%d}")
     changes = [d.model_dump(mode="json") for d in body.deals]
     rows, facts = views.what_if_basis(state, snap, when)
-    rescored = whatif.rescore(served.models, rows, facts, state.stages, changes)
+    rescored = whatif.rescore(
+        served.models,
+        rows,
+        facts,
+        state.stages,
+        changes,
+        batcher=state.whatif,
+        key=(snap.version, when, served.key),
+    )
     after = {str(r["deal_id"]): r for r in views.records(rescored)}
     out = []
     for d, change in zip(body.deals, changes, strict=True):

@@ -18,7 +18,7 @@ import pytest
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
 from features.signals.perdeal import DealRows, StoreFacts, deal_signals
-from serving.api.batching import Ask, Batcher, plan
+from serving.api.batching import Ask, Batcher, plan, run_plan
 from serving.api.whatif import changed_part, merge_parts, tracking_key
 from tests import factory
 
@@ -126,3 +126,21 @@ def test_waiting_requests_share_one_call_and_get_their_own_results() -> None:
     assert calls[0] == ["x"] and sorted(calls[1]) == ["bad", "y", "z"]
     assert sorted(map(tuple, calls[2:])) == [("bad",), ("y",), ("z",)]
     assert not batcher._busy and not batcher._waiting
+
+
+def test_the_same_question_waiting_twice_is_computed_once() -> None:
+    computed: list[list[str]] = []
+
+    def compute(payloads: Sequence[str]) -> list[str]:
+        computed.append(list(payloads))
+        return [p.upper() for p in payloads]
+
+    asks: list[Ask[str, str]] = [
+        Ask("a", frozenset({"d1"}), 0, same="q1"),
+        Ask("a", frozenset({"d1"}), 0, same="q1"),  # the same deal and change: one answer
+        Ask("b", frozenset({"d1"}), 0, same="q2"),  # the same deal, another change: apart
+        Ask("c", frozenset({"d2"}), 0),
+    ]
+    run_plan(asks, compute)
+    assert [a.result for a in asks] == ["A", "A", "B", "C"]
+    assert computed == [["a", "c"], ["b"]]

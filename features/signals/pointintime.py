@@ -302,6 +302,7 @@ def _tracked_field(
 ) -> tuple[pd.Series, np.ndarray]:
     """One tracked field's value at each row and whether it is known (module docstring)."""
     current = parse_field(rows.column(field), field)
+    speaks = rows.row_speaks
     if changes.empty:
         history = current
         newest = current
@@ -311,18 +312,19 @@ def _tracked_field(
             new_value=lambda c: parse_field(c["new_value"], field),
         )
         before = _asof(rows, changes.drop(columns="old_value"), "changed_at", "backward")
-        after = _asof(
-            rows, changes.drop(columns="new_value"), "changed_at", "forward", allow_exact=False
-        )
         new_value = before["new_value"]
-        has_before = before["changed_at"].notna()
-        has_after = after["changed_at"].notna()
-        prior = after["old_value"]
-        history = new_value.where(has_before, prior.where(has_after, current))
         # from observed_at on the row holds, unless a change stamped after it is newer
         later = before["changed_at"].astype("datetime64[us]").to_numpy() > rows.observed
         newest = new_value.where(later, current)
-    speaks = rows.row_speaks
+        history = current  # read only where the row does not speak: none here, skip the merge
+        if not speaks.all():
+            after = _asof(
+                rows, changes.drop(columns="new_value"), "changed_at", "forward", allow_exact=False
+            )
+            has_before = before["changed_at"].notna()
+            has_after = after["changed_at"].notna()
+            prior = after["old_value"]
+            history = new_value.where(has_before, prior.where(has_after, current))
     tracked = ~rows.derived & (since is not None) & (rows.as_of >= np.datetime64(since, "us"))
     known = speaks | tracked | rows.closed_by
     value = newest.where(speaks, history.where(tracked, current.where(rows.closed_by)))

@@ -10,8 +10,9 @@ The leader of a batch is a request thread (no thread of its own): the first requ
 computes; a request arriving meanwhile waits and is either answered by the next batch or woken to
 lead it. A batch computes together only what gives the same answer together as alone, which the
 caller states: ``group`` (asks with the same group key may share a computation) and the asks'
-items (no item, a deal, may be in two asks of one computation). An error computing a shared
-batch is retried ask by ask, so one bad request fails alone.
+items (no item, a deal, may be in two asks of one computation). The same question asked by
+several waiting requests (``same``) is computed once for all of them. An error computing a
+shared batch is retried ask by ask, so one bad request fails alone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Ask(Generic[P, R]):
     payload: P
     items: frozenset[str]
     group: Hashable
+    # The question itself: asks that put the same one share one answer (None: never shared).
+    same: Hashable = None
     done: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
     result: R | None = None
@@ -57,7 +60,24 @@ def plan(asks: Sequence[Ask[P, R]]) -> list[list[Ask[P, R]]]:
 
 
 def run_plan(asks: Sequence[Ask[P, R]], compute: Compute[P, R]) -> None:
-    """Compute every ask (shared where :func:`plan` allows): its result or its error."""
+    """Compute every ask (shared where :func:`plan` allows; a question asked twice once): its
+    result or its error."""
+    first: dict[Hashable, Ask[P, R]] = {}
+    asked: list[Ask[P, R]] = []
+    copies: list[tuple[Ask[P, R], Ask[P, R]]] = []
+    for ask in asks:
+        if ask.same is not None and ask.same in first:
+            copies.append((ask, first[ask.same]))
+            continue
+        if ask.same is not None:
+            first[ask.same] = ask
+        asked.append(ask)
+    _compute(asked, compute)
+    for ask, original in copies:
+        ask.result, ask.error = original.result, original.error
+
+
+def _compute(asks: Sequence[Ask[P, R]], compute: Compute[P, R]) -> None:
     for members in plan(asks):
         try:
             results = compute([a.payload for a in members])

@@ -24,6 +24,7 @@ Two ways to the same numbers:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Sequence
 from dataclasses import fields, replace
 from typing import Any
@@ -203,7 +204,10 @@ def rescore(
     if batcher is None:
         return compute([part])[0]
     ask: Ask[CanonicalTables, pd.DataFrame] = Ask(
-        part, frozenset(changed_ids(changes)), tracking_key(facts, part)
+        part,
+        frozenset(changed_ids(changes)),
+        tracking_key(facts, part),
+        same=json.dumps(changes, sort_keys=True, default=str),
     )
     return batcher.run(key, ask, compute)
 

@@ -209,6 +209,18 @@ def deal_row(snap: Snapshot, caller: Caller, deal_id: str) -> pd.Series:
     return row
 
 
+def check_visible(snap: Snapshot, caller: Caller, deal_id: str, rows: DealRows) -> None:
+    """:func:`deal_row`'s 404s without building the row: the deal found by ``rows`` (of the
+    same store version) instead of a scan of every deal (a 100-deal what-if did 100 scans)."""
+    at = rows.positions["deals"].get(deal_id)
+    if at is None or len(at) == 0:
+        raise NotFoundError(f"unknown deal {deal_id!r}")
+    deals, first = snap.tables.deals, int(at[0])
+    owner, team = deals["owner"].iat[first], deals["team"].iat[first]
+    if not caller.may_see(owner=_text(owner), team=_text(team)):
+        raise NotFoundError(f"unknown deal {deal_id!r}")
+
+
 def _text(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 

@@ -282,12 +282,12 @@ def score(
         raise RequestValidationError(problems)
     when = views.resolve_as_of(body.as_of, snap)
     before = views.scores_by_deal(state, snap, served, when)
+    rows, facts = views.what_if_basis(state, snap, when)
     for d in body.deals:
-        views.deal_row(snap, caller, d.deal_id)  # 404 unless the caller may see it
+        views.check_visible(snap, caller, d.deal_id, rows)  # 404 unless the caller may see it
         if d.deal_id not in before:
             raise NotFoundError(f"deal {d.deal_id!r} is not open at {when:%Y-%m-%d}")
     changes = [d.model_dump(mode="json") for d in body.deals]
-    rows, facts = views.what_if_basis(state, snap, when)
     rescored = whatif.rescore(
         served.models,
         rows,

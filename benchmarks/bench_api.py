@@ -5,6 +5,9 @@ MLflow (SQLite), creates a RevOps key, starts the server on a free port, warms e
 drives each with a bounded load (at most ``--requests`` requests and ``--seconds`` seconds per
 endpoint, ``--concurrency`` threads). ``GET /healthz`` is measured before and after the others, in
 the same run, and every figure is also given as a ratio to it. Times are printed, never asserted.
+The single-deal what-if is measured twice: every client sending the same body, and each request
+another deal (``varied``): concurrent what-ifs of other deals share a scoring call, identical
+ones one answer (``serving.api.batching``).
 
     .venv/bin/python benchmarks/bench_api.py --deals 3000 --json bench-api.json
 """
@@ -45,6 +48,11 @@ class Call:
     method: str
     url: str
     body: dict[str, Any] | None = None
+    # Bodies sent in turn instead of ``body`` (request i sends bodies[i % len(bodies)]).
+    bodies: tuple[dict[str, Any], ...] = ()
+
+    def body_of(self, i: int) -> dict[str, Any] | None:
+        return self.bodies[i % len(self.bodies)] if self.bodies else self.body
 
 
 @dataclass
@@ -162,21 +170,21 @@ def load(
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
-    def take() -> bool:
+    def take() -> int | None:
         nonlocal issued
         with lock:
             if issued >= requests or time.monotonic() >= stop_at:
-                return False
+                return None
             issued += 1
-            return True
+            return issued - 1
 
     def worker() -> None:
         nonlocal failed
         with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
-            while take():
+            while (i := take()) is not None:
                 t0 = time.perf_counter()
                 try:
-                    r = client.request(call.method, call.url, json=call.body)
+                    r = client.request(call.method, call.url, json=call.body_of(i))
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -223,8 +231,12 @@ def calls(base: str, headers: dict[str, str]) -> tuple[list[Call], list[str]]:
     def what_if(n: int) -> dict[str, Any]:
         return {"deals": [{"deal_id": d, "add_stakeholders": ["champion"]} for d in ids[:n]]}
 
+    # The same body from every client (identical concurrent questions are answered once, see
+    # serving.api.batching), and one deal per request taken in turn from the open deals.
+    varied = tuple({"deals": [{"deal_id": d, "add_stakeholders": ["champion"]}]} for d in ids[:200])
     out = [
         Call("POST /v1/score (1 deal)", "POST", "/v1/score", what_if(1)),
+        Call("POST /v1/score (1 deal, varied)", "POST", "/v1/score", bodies=varied),
         Call(f"POST /v1/score ({many} deals)", "POST", "/v1/score", what_if(many)),
         Call("GET /v1/deals/scores", "GET", "/v1/deals/scores"),
     ]
@@ -248,8 +260,8 @@ def bench(
     # Warm-up: the first call of each fills caches (snapshots, scores, a forecast) and is not timed.
     with httpx.Client(base_url=base, headers=headers, timeout=300) as c:
         for call in [trivial, *measured]:
-            for _ in range(warm):
-                r = c.request(call.method, call.url, json=call.body)
+            for i in range(warm):
+                r = c.request(call.method, call.url, json=call.body_of(i))
                 if r.status_code != 200:
                     raise SystemExit(f"{call.name} answered {r.status_code}: {r.text[:500]}")
 
@@ -300,14 +312,14 @@ def report(
     rows: list[Row], goals: dict[str, dict[str, Any]], notes: list[str], rss: float | None
 ) -> None:
     head = (
-        f"{'endpoint':<28} {'requests':>8} {'failed':>6} {'req/s':>8} {'p50 ms':>8} "
+        f"{'endpoint':<32} {'requests':>8} {'failed':>6} {'req/s':>8} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'rps/triv':>8} {'p50/triv':>8} {'p99/triv':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r.name:<28} {r.requests:>8} {r.failed:>6} {r.rps:>8.1f} {r.p50_ms:>8.1f} "
+            f"{r.name:<32} {r.requests:>8} {r.failed:>6} {r.rps:>8.1f} {r.p50_ms:>8.1f} "
             f"{r.p99_ms:>8.1f} {r.rps_ratio:>8.3f} {r.p50_ratio:>8.1f} {r.p99_ratio:>8.1f}"
         )
     print()

@@ -4,6 +4,7 @@ in a real MLflow (SQLite): a role matrix over every endpoint, scopes, errors, fa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,98 @@ def test_what_if_without_a_change_scores_as_before(
             before["reasons_for"],
             before["reasons_against"],
         )
+
+
+WHAT_IFS: dict[str, dict[str, Any]] = {
+    "amount": {"amount": 1_000_000},
+    "stage": {"stage": "negotiation"},
+    "close date": {"expected_close_date": "2026-06-30"},
+    "forecast category": {"forecast_category": "commit"},
+    "next step": {"next_step": "steering committee", "next_step_date": "2025-12-20"},
+    "stakeholders": {"add_stakeholders": ["champion", "decision_maker"]},
+    "activities": {"add_activities": ["meeting", "demo"]},
+    "everything": {
+        "amount": 5_000,
+        "stage": "proposal",
+        "expected_close_date": "2025-11-20",
+        "forecast_category": "best_case",
+        "next_step": "send terms",
+        "add_stakeholders": ["finance"],
+        "add_activities": ["proposal", "call"],
+    },
+}
+
+
+@pytest.mark.parametrize("as_of", [AS_OF, None])
+@pytest.mark.parametrize("kind", list(WHAT_IFS))
+def test_what_if_scores_equal_the_full_rescoring(
+    client: TestClient, world: World, kind: str, as_of: str | None
+) -> None:
+    """The endpoint rescores from the changed deals' own rows with the store-wide facts given
+    (serving.api.whatif.rescore); the reference copies the whole store with the changes added
+    and scores it as the list does (rescore_full): equal probabilities and reasons."""
+    from serving.api import views, whatif
+    from serving.api.routers.deals import DealChange
+
+    query = "" if as_of is None else f"?as_of={as_of}"
+    listed = client.get(f"/v1/deals/scores{query}", headers=world.headers("revops")).json()
+    ids = [d["deal_id"] for d in listed["deals"]]
+    picked = ids[:: max(1, len(ids) // 4)][:4]
+    body: dict[str, Any] = {"deals": [{"deal_id": d, **WHAT_IFS[kind]} for d in picked]}
+    if as_of is not None:
+        body["as_of"] = as_of
+    r = client.post("/v1/score", json=body, headers=world.headers("revops"))
+    assert r.status_code == 200, r.text
+    got = {d["deal_id"]: d["after"] for d in r.json()["deals"]}
+
+    state = client.app.state.pipecast  # type: ignore[attr-defined]
+    snap, models = state.store.current(), state.models.current().models
+    when = views.resolve_as_of(as_of, snap)
+    changes = [DealChange.model_validate(d).model_dump(mode="json") for d in body["deals"]]
+    full = whatif.rescore_full(models, snap.tables, state.stages, when, changes)
+    assert sorted(full["deal_id"]) == sorted(picked)
+    for ref in full.to_dict(orient="records"):
+        after = got[ref["deal_id"]]
+        for name in ("p_win", "p_won_this_quarter", "expected_value"):
+            assert after[name] == pytest.approx(ref[name], rel=0, abs=1e-9), (ref["deal_id"], name)
+        assert (after["reasons_for"], after["reasons_against"]) == (
+            ref["reasons_for"],
+            ref["reasons_against"],
+        )
+
+
+def test_concurrent_what_ifs_answer_as_one_at_a_time(
+    client: TestClient, world: World, deals: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests arriving together are scored in shared calls (serving.api.batching): each gets
+    what it gets alone, the same deal in two requests included."""
+    ids = [d["deal_id"] for d in deals["deals"]]
+    kinds = list(WHAT_IFS.values())
+    bodies = [
+        {"as_of": AS_OF, "deals": [{"deal_id": ids[i % 5], **kinds[i % len(kinds)]}]}
+        for i in range(12)
+    ]
+    bodies += bodies[:3]  # the same question twice at once: answered once for both
+    headers = world.headers("revops")
+    alone = [client.post("/v1/score", json=b, headers=headers).json() for b in bodies]
+    from serving.api import batching
+
+    sizes: list[int] = []
+    run_plan = batching.run_plan
+
+    def recorded(asks: Any, compute: Any) -> None:
+        sizes.append(len(asks))
+        run_plan(asks, compute)
+
+    monkeypatch.setattr(batching, "run_plan", recorded)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(
+            pool.map(lambda b: client.post("/v1/score", json=b, headers=headers), bodies)
+        )
+    for body, one, r in zip(bodies, alone, together, strict=True):
+        assert r.status_code == 200, r.text
+        assert r.json() == one, body
+    assert sum(sizes) == len(bodies) and max(sizes) > 1  # some requests did share a call
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ categorical column, which custom columns hold dates), so training and serving en
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,17 @@ def _looks_like_dates(values: pd.Series) -> bool:
         return False
     parsed = pd.to_datetime(text, errors="coerce", format="mixed")
     return bool(parsed.notna().mean() >= 0.9) and bool(text.str.contains(r"\d{4}").mean() >= 0.9)
+
+
+@functools.lru_cache(maxsize=256)
+def _category_dtype(cats: tuple[str, ...]) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype(list(cats))
+
+
+@functools.lru_cache(maxsize=256)
+def _category_codes(cats: tuple[str, ...]) -> dict[str, int]:
+    """Code of each known category (not ``(other)``, the last: a value spelled so is other)."""
+    return {c: i for i, c in enumerate(cats[:-1])}
 
 
 class SnapshotEncoder(TransformerMixin, BaseEstimator):
@@ -132,6 +144,8 @@ class SnapshotEncoder(TransformerMixin, BaseEstimator):
                 out[n] = self._days_since(values, as_of)
             elif n in self.categories_:
                 out[n] = self._category(n, values)
+            elif values.dtype == np.float64:  # most signals already are: skip the parse
+                out[n] = values
             else:
                 out[n] = pd.to_numeric(values, errors="coerce").astype("float64")
         frame = pd.DataFrame(out, index=X.index)
@@ -143,11 +157,17 @@ class SnapshotEncoder(TransformerMixin, BaseEstimator):
 
     # --- encodings ---------------------------------------------------------------------------
     def _category(self, name: str, values: pd.Series) -> pd.Categorical:
+        """Values as text, coded by the categories seen at fit; unseen ones as ``(other)``.
+
+        Coded by hand rather than with ``pd.Categorical(values, categories=...)``: that built
+        and checked the categories on every call, a third of scoring one deal."""
         cats = self.categories_[name]
-        text = values.astype(object).where(values.notna(), None)
-        text = text.map(lambda v: v if v is None else str(v))
-        known = text.isin(cats[:-1]) | text.isna()
-        return pd.Categorical(text.where(known, OTHER), categories=cats)
+        code = _category_codes(tuple(cats))
+        other = len(cats) - 1
+        raw = values.to_numpy(dtype=object)
+        missing = pd.isna(raw)
+        codes = [-1 if m else code.get(str(v), other) for v, m in zip(raw, missing, strict=True)]
+        return pd.Categorical.from_codes(codes, dtype=_category_dtype(tuple(cats)))
 
     @staticmethod
     def _days_since(values: pd.Series, as_of: pd.Series | None) -> pd.Series:

@@ -126,6 +126,7 @@ def signals_of_states(
     static_custom: Iterable[str] = (),
     cache: dict[str, Any] | None = None,
     signals: Iterable[str] | None = None,
+    given: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """:func:`compute_signals` for deal states already rebuilt by
     :func:`~features.signals.pointintime.deal_states` (with its ``as_of`` column, and with the
@@ -134,7 +135,11 @@ def signals_of_states(
 
     Without a ``cache``, activities and stakeholders are indexed for the deals of ``states``
     only (their signals read a deal's own events, nothing else); with one, for every deal, so
-    the indexes serve later calls on other deals."""
+    the indexes serve later calls on other deals.
+
+    ``given`` holds registry nodes already computed for these rows (by name), used instead of
+    computing them from ``tables``: how :mod:`features.signals.perdeal` supplies what a deal
+    reads of other deals when ``tables`` hold only a few deals."""
     deals = tables.deals
     fixed = custom_column_names(deals, static_custom)
     wanted = list(dict.fromkeys([*custom_column_names(deals, custom), *fixed]))
@@ -158,22 +163,21 @@ def signals_of_states(
         inputs[col] = states[col].reset_index(drop=True)
     for col in _FLAGS:
         inputs[col] = flag(states[col].to_numpy())
+    inputs.update(given or {})
     values = execute(inputs, names, cache, row_inputs=ROW_INPUTS)
-    out = pd.DataFrame(
-        {
-            "deal_id": states["deal_id"].to_numpy(),
-            "as_of": inputs["as_of"].to_numpy(),
-            "owner": states["owner"].to_numpy(),
-            "team": states["team"].to_numpy(),
-        }
-    )
+    out: dict[str, Any] = {
+        "deal_id": states["deal_id"].to_numpy(),
+        "as_of": inputs["as_of"].to_numpy(),
+        "owner": states["owner"].to_numpy(),
+        "team": states["team"].to_numpy(),
+    }
     for name in names:
         out[name] = (
             np.asarray(values[name]) if name not in _STATE_INPUTS else values[name].to_numpy()
         )
     for col in wanted:
         out[col] = states[col].to_numpy()
-    return out
+    return pd.DataFrame(out)  # at once: a column inserted at a time cost more for a few deals
 
 
 def _events_of(deal_ids: pd.Series | None) -> Callable[[pd.DataFrame], pd.DataFrame]:

@@ -302,6 +302,7 @@ def _tracked_field(
 ) -> tuple[pd.Series, np.ndarray]:
     """One tracked field's value at each row and whether it is known (module docstring)."""
     current = parse_field(rows.column(field), field)
+    speaks = rows.row_speaks
     if changes.empty:
         history = current
         newest = current
@@ -311,27 +312,31 @@ def _tracked_field(
             new_value=lambda c: parse_field(c["new_value"], field),
         )
         before = _asof(rows, changes.drop(columns="old_value"), "changed_at", "backward")
-        after = _asof(
-            rows, changes.drop(columns="new_value"), "changed_at", "forward", allow_exact=False
-        )
         new_value = before["new_value"]
-        has_before = before["changed_at"].notna()
-        has_after = after["changed_at"].notna()
-        prior = after["old_value"]
-        history = new_value.where(has_before, prior.where(has_after, current))
         # from observed_at on the row holds, unless a change stamped after it is newer
         later = before["changed_at"].astype("datetime64[us]").to_numpy() > rows.observed
         newest = new_value.where(later, current)
-    speaks = rows.row_speaks
+        history = current  # read only where the row does not speak: none here, skip the merge
+        if not speaks.all():
+            after = _asof(
+                rows, changes.drop(columns="new_value"), "changed_at", "forward", allow_exact=False
+            )
+            has_before = before["changed_at"].notna()
+            has_after = after["changed_at"].notna()
+            prior = after["old_value"]
+            history = new_value.where(has_before, prior.where(has_after, current))
     tracked = ~rows.derived & (since is not None) & (rows.as_of >= np.datetime64(since, "us"))
     known = speaks | tracked | rows.closed_by
     value = newest.where(speaks, history.where(tracked, current.where(rows.closed_by)))
     return value.where(known), known
 
 
-def _tracked_fields(rows: _Rows, field_history: pd.DataFrame) -> dict[str, Any]:
-    """Every tracked field, its ``<field>_known`` flag and ``history_known`` (all known)."""
-    since = tracked_since(field_history)
+def _tracked_fields(
+    rows: _Rows, field_history: pd.DataFrame, since: dict[str, pd.Timestamp] | None = None
+) -> dict[str, Any]:
+    """Every tracked field, its ``<field>_known`` flag and ``history_known`` (all known);
+    ``since`` as :func:`tracked_since` of the whole store when ``field_history`` is a part."""
+    since = tracked_since(field_history) if since is None else since
     out: dict[str, Any] = {}
     all_known = np.ones(len(rows.as_of), dtype=bool)
     cols = ["deal_id", "changed_at", "old_value", "new_value"]
@@ -352,6 +357,7 @@ def deal_states(
     *,
     open_only: bool = False,
     static_custom: Iterable[str] = (),
+    tracked: dict[str, pd.Timestamp] | None = None,
 ) -> pd.DataFrame:
     """The state of every deal that existed at each ``as_of`` (one row per as_of and deal), by
     the rule of the module docstring: nothing known only after ``as_of``.
@@ -363,30 +369,38 @@ def deal_states(
     ``observed_at`` on, or once the deal has closed): a deal column without history (custom
     columns, loss reason, ...) is known only there. ``static_custom`` lists the custom columns
     declared fixed at creation, known at every date; the others are missing where the row is
-    not known. ``amount`` is in the corporate currency at the date
+    not known. ``tracked`` is :func:`tracked_since` of the whole store, for ``tables`` that hold
+    only some deals' rows (the tracking start is a fact of the export, not of a deal; default:
+    read from ``tables``). ``amount`` is in the corporate currency at the date
     (:func:`features.data.currency.in_corporate_currency`); ``amount_original`` and
     ``currency`` are the deal's own.
     """
     deals = tables.deals.reset_index(drop=True)
     grid = _grid(deals, _as_of_index(as_of), open_only)
     rows = _rows(grid, deals)
-    out = grid[["as_of", "deal_id"]].reset_index(drop=True)
+    out: dict[str, Any] = {
+        "as_of": grid["as_of"].to_numpy(),
+        "deal_id": grid["deal_id"].reset_index(drop=True),
+    }
     _add(out, _static_columns(rows, deals, static_custom))
     _add(out, _outcome(rows))
     _add(out, _stage(rows, tables.stage_history, stages))
-    _add(out, _tracked_fields(rows, tables.field_history))
+    _add(out, _tracked_fields(rows, tables.field_history, tracked))
     # Amounts in the corporate currency at each as_of (the deal's own beside it).
     money = ["amount", "amount_original", "currency"]
     converted = in_corporate_currency(
-        out[["as_of", "deal_id", "amount", "closed_at"]], deals, tables.exchange_rates
+        pd.DataFrame({k: out[k] for k in ("as_of", "deal_id", "amount", "closed_at")}),
+        deals,
+        tables.exchange_rates,
     )
     _add(out, {name: converted[name] for name in money})
-    return out
+    return pd.DataFrame(out)
 
 
-def _add(out: pd.DataFrame, columns: dict[str, Any]) -> None:
-    """Put one concern's columns into the states frame, positionally (every part is in grid
-    order). Part by part, so no part's intermediate frames outlive it."""
+def _add(out: dict[str, Any], columns: dict[str, Any]) -> None:
+    """Put one concern's columns into the states' columns, positionally (every part is in grid
+    order). Part by part, so no part's intermediate frames outlive it; the frame is built once
+    at the end (a column inserted at a time cost more than the rebuild for a few deals)."""
     for name, column in columns.items():
         out[name] = column.to_numpy() if isinstance(column, pd.Series) else column
 

@@ -12,7 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
 from features.data.store import Store
 from features.errors import StoreError
+from serving.api.batching import Batcher
 from serving.api.errors import ServiceUnavailable
 from serving.api.models import ModelHolder, Registry
 
@@ -148,3 +149,5 @@ class AppState:
     results: ResultCache
     models: ModelHolder
     registry: Registry
+    # What-ifs of concurrent requests, scored together (serving.api.whatif.rescore).
+    whatif: Batcher[Any, Any] = field(default_factory=Batcher)

@@ -5,16 +5,38 @@ entry, a stakeholder added, an activity), so the signals see it through the same
 rule as everything else. At or after a deal's export time its row speaks for it (see
 :mod:`features.signals.pointintime`), so there the row's fields change too. The store itself is
 never touched.
+
+Two ways to the same numbers:
+
+- :func:`rescore` (what the endpoint uses): the changed deals' own rows cut from the store
+  (:class:`~features.signals.perdeal.DealRows`, found once per store version), the changes added to
+  that part only, and its signals computed with what a deal reads of other deals — tracking
+  starts and rep and team track records — taken from
+  :class:`~features.signals.perdeal.StoreFacts` (once per store version and as-of). Then the
+  models score those rows, with reasons but without next actions (the response has none, and
+  they read the whole store's hygiene). Concurrent requests' what-ifs are scored in one call
+  where that gives each the same answer (:mod:`serving.api.batching`, :func:`score_parts`):
+  the cost of a call hardly grows with its deals.
+- :func:`rescore_full`, the reference: the whole store copied with the changes added, scored as
+  the ranked list is. ``tests/test_api_models.py`` holds the two equal over deals, dates and
+  change kinds (``tests/test_perdeal.py`` the signals alone).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from collections.abc import Hashable, Sequence
+from dataclasses import fields, replace
 from typing import Any
 
 import pandas as pd
 
 from features.data.schema import CanonicalTables
+from features.data.stages import StageConfig
+from features.signals.perdeal import DealRows, StoreFacts, deal_signals
+from serving.api.batching import Ask, Batcher
+from training.fitting import FittedModels
+from training.scoring import score_rows
 
 FIELDS = ("amount", "expected_close_date", "forecast_category", "next_step", "next_step_date")
 
@@ -106,3 +128,98 @@ def _rows_changed(
                 value = pd.Timestamp(value)
             out.loc[at, name] = value
     return out
+
+
+def changed_ids(changes: list[dict[str, Any]]) -> list[str]:
+    return [str(c["deal_id"]) for c in changes]
+
+
+def changed_part(
+    rows: DealRows, as_of: pd.Timestamp, changes: list[dict[str, Any]]
+) -> CanonicalTables:
+    """The changed deals' rows of the store with their changes added at ``as_of``."""
+    return apply_changes(rows.part(changed_ids(changes)), changes, as_of)
+
+
+def merge_parts(parts: Sequence[CanonicalTables]) -> CanonicalTables:
+    """Parts of one store (for other deals each) as one: each deal keeps its rows in order."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    merged = {
+        f.name: pd.concat([getattr(p, f.name) for p in parts], ignore_index=True)
+        for f in fields(first)
+        if "deal_id" in getattr(first, f.name).columns
+    }
+    return replace(first, **merged)
+
+
+def score_parts(
+    models: FittedModels, facts: StoreFacts, stages: StageConfig, parts: Sequence[CanonicalTables]
+) -> list[pd.DataFrame]:
+    """Each part's deals scored at ``facts.as_of`` (signals and models run once for all): p_win,
+    p_won_this_quarter, expected_value and reasons, one row per deal open then, in the part's
+    order. Equal to scoring each part alone when no deal is in two parts and the parts give
+    the same tracking starts (:func:`tracking_key`)."""
+    merged = merge_parts(parts)
+    signals = deal_signals(
+        merged,
+        facts,
+        stages,
+        custom=models.custom,
+        static_custom=models.config.static_custom,
+    )
+    scored = score_rows(models, signals, stages, reasons=True)
+    ids = scored["deal_id"]
+    return [scored[ids.isin(p.deals["deal_id"])].reset_index(drop=True) for p in parts]
+
+
+def tracking_key(facts: StoreFacts, part: CanonicalTables) -> Hashable:
+    """Parts with the same key may be scored together: a change to a field the store had not
+    tracked by as-of starts its tracking, and so would reach every deal scored with it."""
+    return tuple(sorted(facts.tracking(part).items()))
+
+
+def rescore(
+    models: FittedModels,
+    rows: DealRows,
+    facts: StoreFacts,
+    stages: StageConfig,
+    changes: list[dict[str, Any]],
+    *,
+    batcher: Batcher[CanonicalTables, pd.DataFrame] | None = None,
+    key: Hashable = None,
+) -> pd.DataFrame:
+    """The changed deals scored at ``facts.as_of`` with their changes (one row per changed deal
+    open then, in the store's order): p_win, p_won_this_quarter, expected_value and reasons.
+    ``rows`` and ``facts`` must come from the same store tables. With a ``batcher``, scored
+    together with the what-ifs of concurrent requests for the same ``key`` (which must name
+    the store version, as-of and models) where that gives the same answer
+    (:mod:`serving.api.batching`)."""
+    part = changed_part(rows, facts.as_of, changes)
+
+    def compute(parts: Sequence[CanonicalTables]) -> list[pd.DataFrame]:
+        return score_parts(models, facts, stages, parts)
+
+    if batcher is None:
+        return compute([part])[0]
+    ask: Ask[CanonicalTables, pd.DataFrame] = Ask(
+        part,
+        frozenset(changed_ids(changes)),
+        tracking_key(facts, part),
+        same=json.dumps(changes, sort_keys=True, default=str),
+    )
+    return batcher.run(key, ask, compute)
+
+
+def rescore_full(
+    models: FittedModels,
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    changes: list[dict[str, Any]],
+) -> pd.DataFrame:
+    """:func:`rescore` the slow, obvious way (the reference its tests compare to): the whole
+    store with the changes added, scored as the ranked list is."""
+    changed = apply_changes(tables, changes, as_of)
+    return models.score(changed, stages, as_of, reasons=True, deal_ids=changed_ids(changes))

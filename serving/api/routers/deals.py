@@ -291,16 +291,23 @@ def score(
     if problems:
         raise RequestValidationError(problems)
     when = views.resolve_as_of(body.as_of, snap)
-    before = views.all_scores(state, snap, served, when).set_index("deal_id", drop=False)
+    before = views.scores_by_deal(state, snap, served, when)
+    rows, facts = views.what_if_basis(state, snap, when)
     for d in body.deals:
-        views.deal_row(snap, caller, d.deal_id)  # 404 unless the caller may see it
-        if d.deal_id not in before.index:
+        views.check_visible(snap, caller, d.deal_id, rows)  # 404 unless the caller may see it
+        if d.deal_id not in before:
             raise NotFoundError(f"deal {d.deal_id!r} is not open at {when:%Y-%m-%d}")
     changes = [d.model_dump(mode="json") for d in body.deals]
-    tables = whatif.apply_changes(snap.tables, changes, when)
-    after = served.models.score(tables, state.stages, when, reasons=True, deal_ids=ids).set_index(
-        "deal_id", drop=False
+    rescored = whatif.rescore(
+        served.models,
+        rows,
+        facts,
+        state.stages,
+        changes,
+        batcher=state.whatif,
+        key=(snap.version, when, served.key),
     )
+    after = {str(r["deal_id"]): r for r in views.records(rescored)}
     out = []
     for d, change in zip(body.deals, changes, strict=True):
         changed = [
@@ -308,13 +315,11 @@ def score(
             for k, v in change.items()
             if k != "deal_id" and v is not None and v != [] and k in d.model_fields_set
         ]
-        b = views.records(before.loc[[d.deal_id]])[0]
-        a = views.records(after.loc[[d.deal_id]])[0]
         out.append(
             WhatIfScore(
                 deal_id=d.deal_id,
-                before=_probabilities(b),
-                after=_probabilities(a),
+                before=_probabilities(before[d.deal_id]),
+                after=_probabilities(after[d.deal_id]),
                 changed=changed,
             )
         )

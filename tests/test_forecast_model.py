@@ -15,6 +15,7 @@ from forecasting.model import (
     FittedForecastModel,
     ModelConfig,
     ModelMismatchError,
+    build_model,
     fit,
     load_posterior,
 )
@@ -146,3 +147,18 @@ def test_one_new_business_win_does_not_make_a_heavy_tail():
     lo, hi = np.quantile(revenue, [0.01, 0.99])
     assert lo <= revenue.mean() <= hi
     assert sim.new_business.max() < 100 * max(np.quantile(sim.new_business, 0.99), 1e5)
+
+
+def test_forecast_quarter_effect_is_its_own_draw_not_minus_the_others():
+    """The history quarters' effects sum to zero; the forecast quarter's (the last level) is a
+    fresh draw from their spread. Inside one zero sum over every quarter it was minus the sum
+    of the others, pinned whatever the quarter had won so far (intervals far too narrow)."""
+    import pymc as pm
+
+    fd, _ = _synthetic_fit_data(np.random.default_rng(2), n=300)
+    model = build_model(fd, ModelConfig())
+    for name in ("quarter_w", "quarter_t"):
+        q = pm.draw(model[name], draws=400, random_seed=1)
+        assert q.shape == (400, len(fd.quarters))
+        np.testing.assert_allclose(q[:, :-1].sum(axis=1), 0.0, atol=1e-6)
+        assert q[:, -1].std() > 0.3

@@ -134,6 +134,9 @@ class FitData:
     # discounts: log(amount won / amount at rebuild) of deals won within their quarter
     disc_stage: np.ndarray
     disc_log_ratio: np.ndarray
+    # log amount won of every deal won within its quarter: the market's deal sizes, which the
+    # few new-business wins borrow their spread from
+    won_log_amount: np.ndarray
     # new business per history quarter
     nb_days: np.ndarray
     nb_quarter: np.ndarray
@@ -348,12 +351,14 @@ def _assemble(
         e_weight=e_agg[["won", "not"]].to_numpy(np.float64),
         disc_stage=_index(won_q.loc[ok, "stage"], stage_keys),
         disc_log_ratio=np.log(ratio[ok].to_numpy(np.float64)),
+        won_log_amount=np.log(won_q.loc[won_q["amount_won"] > 0, "amount_won"].to_numpy(float)),
         nb_days=np.array([p.days_left for p in parts], dtype=np.float64),
         nb_quarter=np.arange(len(parts), dtype=np.int64),
         nb_created=np.array([p.created for p in parts], dtype=np.int64),
         nb_won=np.array([len(p.won_new) for p in parts], dtype=np.int64),
         nb_qoy=np.array([int(p.name[5]) - 1 for p in parts], dtype=np.int64),
-        nb_log_amount=np.log(new["amount"].to_numpy(np.float64).clip(min=1.0)),
+        # a missing amount is unknown, not a deal worth EUR 1: left out of the amount fit
+        nb_log_amount=np.log(new.loc[new["amount"] > 0, "amount"].to_numpy(np.float64)),
         nb_share=nb_share,
         meta={"deal_rows": float(len(deals)), "aggregated_rows": float(len(agg))},
     )

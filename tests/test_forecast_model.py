@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +15,11 @@ from forecasting.model import (
     FittedForecastModel,
     ModelConfig,
     ModelMismatchError,
+    build_model,
     fit,
     load_posterior,
 )
+from forecasting.simulate import NewBusiness, Posterior, SimOptions, simulate
 
 DIAG = Diagnostics(0, 1.01, 400.0, 100, 2, 1.0, False)
 LEVELS = {"quarters": ["2024Q1"], "teams": ["a"], "segments": ["s"], "stages": ["x"]}
@@ -61,7 +65,7 @@ def test_diagnostic_gates():
 
 
 def _synthetic_fit_data(
-    rng: np.random.Generator, n: int = 4000, n_q: int = 6
+    rng: np.random.Generator, n: int = 4000, n_q: int = 6, nb_amounts: int = 40
 ) -> tuple[FitData, dict[str, float]]:
     """Deals whose true recalibration is known: a_w=-0.4, b_w=0.8, quarter sd 0.3."""
     truth = {"a_w": -0.4, "b_w": 0.8, "a_t": 0.3, "b_t": 1.0}
@@ -91,7 +95,8 @@ def _synthetic_fit_data(
         nb_quarter=np.arange(n_q),
         disc_stage=rng.integers(0, 2, 300), disc_log_ratio=rng.normal(-0.1, 0.05, 300),
         nb_days=n_days, nb_created=created, nb_won=rng.binomial(created, 0.05),
-        nb_qoy=np.arange(n_q) % 4, nb_log_amount=rng.normal(10, 1, 40),
+        nb_qoy=np.arange(n_q) % 4, nb_log_amount=rng.normal(10, 1, nb_amounts),
+        won_log_amount=rng.normal(11, 1, 300),
     )  # fmt: skip
     return fd, truth
 
@@ -115,3 +120,45 @@ def test_fit_recovers_the_recalibration_and_reuses_the_compiled_model():
     assert not first.diagnostics.compiled_reused and second.diagnostics.compiled_reused
     second_a_w = second.idata.posterior["a_w"].values  # type: ignore[attr-defined]
     assert not np.allclose(second_a_w, post["a_w"].values)
+
+
+@pytest.mark.slow
+def test_one_new_business_win_does_not_make_a_heavy_tail():
+    """Six quarters with a single new-business win (the demo's history): the amounts' spread
+    comes from every won deal, so the simulated new business stays sane. Fitted on the new-
+    business wins alone, the spread's posterior reached 4.8 (amounts up to e^25) and the
+    demo's forecast mean (42M) sat above its P90 (23M)."""
+    fd, _ = _synthetic_fit_data(np.random.default_rng(5), n=1500, nb_amounts=1)
+    fd = dataclasses.replace(fd, nb_won=np.array([0, 0, 0, 0, 1, 0]))
+    fitted = fit(fd, ModelConfig(draws=200, tune=200, seed=4))
+    draws = fitted.draws()
+    assert np.quantile(draws["nb_amount_sd"], 0.99) < 1.3  # the market's spread is 1.0
+    post = Posterior(draws, fitted.levels)
+    deals = pd.DataFrame(
+        {"deal_id": ["d0"], "owner": ["r"], "team": ["a"], "segment": ["s"], "stage": ["x"],
+         "amount": [1e5], "p_win": [0.5], "p_won_this_quarter": [0.3]}
+    )  # fmt: skip
+    won = pd.DataFrame({"owner": ["r"], "team": ["a"], "amount": [1e6]})
+    # a busier quarter than history's (many arrivals) so the amount tail shows in the total
+    nb = NewBusiness(days_left=60.0, season=0)
+    sim = simulate(post, deals, won_so_far=won, new_business=nb,
+                   options=SimOptions(n_scenarios=20_000, seed=1))  # fmt: skip
+    revenue = sim.company
+    lo, hi = np.quantile(revenue, [0.01, 0.99])
+    assert lo <= revenue.mean() <= hi
+    assert sim.new_business.max() < 100 * max(np.quantile(sim.new_business, 0.99), 1e5)
+
+
+def test_forecast_quarter_effect_is_its_own_draw_not_minus_the_others():
+    """The history quarters' effects sum to zero; the forecast quarter's (the last level) is a
+    fresh draw from their spread. Inside one zero sum over every quarter it was minus the sum
+    of the others, pinned whatever the quarter had won so far (intervals far too narrow)."""
+    import pymc as pm
+
+    fd, _ = _synthetic_fit_data(np.random.default_rng(2), n=300)
+    model = build_model(fd, ModelConfig())
+    for name in ("quarter_w", "quarter_t"):
+        q = pm.draw(model[name], draws=400, random_seed=1)
+        assert q.shape == (400, len(fd.quarters))
+        np.testing.assert_allclose(q[:, :-1].sum(axis=1), 0.0, atol=1e-6)
+        assert q[:, -1].std() > 0.3

@@ -484,6 +484,22 @@ def test_generated_truth_feeds_the_oracle(data: GeneratedData, tmp_path: Path, r
             "next step 4 days overdue",
         ),
         (
+            "pace",
+            {"stage_pace": 1.62, "stage": "proposal"},
+            "reached 3 Proposal / Quote in 1.6x the norm of the stages before",
+        ),
+        (
+            "forecast_category",
+            {"forecast_category": "best_case", "forecast_category_mean": 0.3},
+            "forecast category 'best case' (its categories so far average 30%)",
+        ),
+        (
+            "rep_record",
+            {"owner_win_rate": 0.31, "owner_advance_skill": -0.2},
+            "the rep's win rate is 31%, stage conversion below the company's",
+        ),
+        ("team_record", {"team_win_rate": 0.28}, "the team's win rate is 28%"),
+        (
             "custom_contract_sent_date",
             {"custom_contract_sent_date": 12.0},
             "contract sent date: 12 days ago",

@@ -199,22 +199,49 @@ def _next_step(v: Values, stages: StageConfig) -> str:
     return f"next step {_days(-d)} overdue" if d < 0 else f"next step due in {_days(d)}"
 
 
-@reason("forecast_category", "forecast_category")
+@reason("forecast_category", "forecast_category", "forecast_category_mean")
 def _category(v: Values, stages: StageConfig) -> str:
     c = v.get("forecast_category")
     if not isinstance(c, str):
         return "forecast category unknown"
-    return f"forecast category '{c.replace('_', ' ')}'"
+    text = f"forecast category '{c.replace('_', ' ')}'"
+    mean = _num(v, "forecast_category_mean")
+    return text if math.isnan(mean) else f"{text} (its categories so far average {mean:.0%})"
 
 
-@reason("rep_record", "owner_win_rate", "owner_median_cycle_days", "owner_n_closed")
+@reason("pace", "stage_pace")
+def _pace(v: Values, stages: StageConfig) -> str:
+    p = _num(v, "stage_pace")
+    if math.isnan(p):
+        return "no earlier stage to measure its pace"
+    return f"reached {_stage_label(v, stages)} in {p:.1f}x the norm of the stages before"
+
+
+def _conversion(skill: float) -> str:
+    if math.isnan(skill):
+        return ""
+    side = "above" if skill >= 0 else "below"
+    return f", stage conversion {side} the company's"
+
+
+@reason(
+    "rep_record",
+    "owner_win_rate",
+    "owner_median_cycle_days",
+    "owner_n_closed",
+    "owner_advance_skill",
+)
 def _rep(v: Values, stages: StageConfig) -> str:
-    return f"the rep's win rate is {_num(v, 'owner_win_rate'):.0%}"
+    conversion = _conversion(_num(v, "owner_advance_skill"))
+    return f"the rep's win rate is {_num(v, 'owner_win_rate'):.0%}{conversion}"
 
 
-@reason("team_record", "team_win_rate", "team_median_cycle_days", "team_n_closed")
+@reason(
+    "team_record", "team_win_rate", "team_median_cycle_days", "team_n_closed", "team_advance_skill"
+)
 def _team(v: Values, stages: StageConfig) -> str:
-    return f"the team's win rate is {_num(v, 'team_win_rate'):.0%}"
+    conversion = _conversion(_num(v, "team_advance_skill"))
+    return f"the team's win rate is {_num(v, 'team_win_rate'):.0%}{conversion}"
 
 
 @reason("segment", "segment")

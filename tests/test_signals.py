@@ -281,6 +281,20 @@ def test_advance_skill_from_stage_exits_by_the_date(
     assert np.isnan(early["owner_advance_skill"]) and np.isnan(early["team_advance_skill"])
 
 
+def test_days_since_last_touch_counts_every_kind_of_event(
+    row: pd.Series, data: CanonicalTables, cfg: StageConfig
+) -> None:
+    assert row["days_since_last_touch"] == 0  # the call on the as_of day
+    s = compute_signals(data, [AS_OF], cfg).set_index("deal_id")
+    # B1: no activity, but its fields were logged at creation on 1 June
+    assert np.isnan(s.loc["B1", "days_since_last_activity"])
+    assert s.loc["B1", "days_since_last_touch"] == 29
+    # W2: nothing since its creation on 1 January; its close on 15 July is later
+    assert s.loc["W2", "days_since_last_touch"] == 180
+    late = compute_signals(data, [to_timestamp("2025-07-04")], cfg).set_index("deal_id")
+    assert late.loc["D1", "days_since_last_touch"] == 2  # the close-date push of 2 July
+
+
 def test_new_signals_ignore_events_after_as_of(data: CanonicalTables, cfg: StageConfig) -> None:
     """Later stage moves and category changes leave the signals at as_of unchanged."""
     later = [
@@ -297,7 +311,13 @@ def test_new_signals_ignore_events_after_as_of(data: CanonicalTables, cfg: Stage
         ignore_index=True,
     )
     future = replace(data, stage_history=sh, field_history=fh)
-    cols = ["stage_pace", "forecast_category_mean", "owner_advance_skill", "team_advance_skill"]
+    cols = [
+        "stage_pace",
+        "forecast_category_mean",
+        "owner_advance_skill",
+        "team_advance_skill",
+        "days_since_last_touch",
+    ]
     now = compute_signals(data, [AS_OF], cfg)[cols]
     pd.testing.assert_frame_equal(compute_signals(future, [AS_OF], cfg)[cols], now)
     moved = compute_signals(future, [to_timestamp("2025-08-10")], cfg)[cols]

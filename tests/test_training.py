@@ -466,6 +466,11 @@ def test_generated_truth_feeds_the_oracle(data: GeneratedData, tmp_path: Path, r
     ("group", "values", "text"),
     [
         ("activity_recency", {"days_since_last_activity": 41.0}, "no activity for 41 days"),
+        (
+            "activity_recency",
+            {"days_since_last_activity": 41.0, "days_since_last_touch": 30.0},
+            "no activity for 41 days; nothing logged for 30 days",
+        ),
         ("champion", {"champion_identified": 1.0}, "champion identified"),
         ("champion", {"champion_identified": 0.0}, "no champion identified"),
         (

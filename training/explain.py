@@ -75,13 +75,14 @@ def _stage_label(values: Values, stages: StageConfig) -> str:
     return "an unknown stage"
 
 
-@reason("activity_recency", "days_since_last_activity")
+@reason("activity_recency", "days_since_last_activity", "days_since_last_touch")
 def _recency(v: Values, stages: StageConfig) -> str:
-    d = _num(v, "days_since_last_activity")
+    d, touch = _num(v, "days_since_last_activity"), _num(v, "days_since_last_touch")
+    untouched = f"; nothing logged for {_days(touch)}" if touch >= 14 else ""
     if math.isnan(d):
-        return "no activity logged yet"
+        return f"no activity logged yet{untouched}"
     if d >= 14:
-        return f"no activity for {_days(d)}"
+        return f"no activity for {_days(d)}{untouched}"
     return "activity today" if d < 1 else f"last activity {_days(d)} ago"
 
 

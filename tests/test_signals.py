@@ -232,6 +232,10 @@ def test_rep_and_team_win_rate_only_from_earlier_closes(
     alice = (2 * 50 + 5 * 40) / (2 + 5)
     assert s.loc["D1", "owner_median_cycle_days"] == pytest.approx(alice)
     assert s.loc["B1", "owner_median_cycle_days"] == pytest.approx((1 * 30 + 5 * 40) / 6)
+    # the same against the company's as of the date (what the models read: it does not drift)
+    rate = (1 + 10 * overall) / (2 + 10)
+    assert s.loc["D1", "owner_win_rate_vs_company"] == pytest.approx(rate - overall)
+    assert s.loc["D1", "owner_cycle_vs_company"] == pytest.approx(alice / 40)
     # before any close: the prior alone (0.5) and no cycle figures
     early = compute_signals(data, [to_timestamp("2025-01-15")], cfg).iloc[0]
     assert early["owner_win_rate"] == 0.5 and early["owner_n_closed"] == 0

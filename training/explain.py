@@ -231,6 +231,8 @@ def _conversion(skill: float) -> str:
     "owner_median_cycle_days",
     "owner_n_closed",
     "owner_advance_skill",
+    "owner_win_rate_vs_company",
+    "owner_cycle_vs_company",
 )
 def _rep(v: Values, stages: StageConfig) -> str:
     conversion = _conversion(_num(v, "owner_advance_skill"))
@@ -238,7 +240,13 @@ def _rep(v: Values, stages: StageConfig) -> str:
 
 
 @reason(
-    "team_record", "team_win_rate", "team_median_cycle_days", "team_n_closed", "team_advance_skill"
+    "team_record",
+    "team_win_rate",
+    "team_median_cycle_days",
+    "team_n_closed",
+    "team_advance_skill",
+    "team_win_rate_vs_company",
+    "team_cycle_vs_company",
 )
 def _team(v: Values, stages: StageConfig) -> str:
     conversion = _conversion(_num(v, "team_advance_skill"))

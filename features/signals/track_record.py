@@ -49,17 +49,25 @@ def _track_record(deals: pd.DataFrame, by: str, who: pd.Series, as_of: pd.Series
     rate = (wins + k * o_rate) / (n + k)
     # A deal entered after it closed has no cycle: it counts as a close, not in the medians.
     timed = closed[~entered_after_close(closed, closed["deal_id"])].reset_index(drop=True)
-    cycle_days = _median_cycles(timed, by, groups, code, as_of)
+    cycle_days, overall_cycle = _median_cycles(timed, by, groups, code, as_of)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cycle_ratio = cycle_days / np.where(overall_cycle > 0, overall_cycle, np.nan)
     return pd.DataFrame(
-        {f"{by}_win_rate": rate, f"{by}_n_closed": n, f"{by}_median_cycle_days": cycle_days}
+        {
+            f"{by}_win_rate": rate,
+            f"{by}_n_closed": n,
+            f"{by}_median_cycle_days": cycle_days,
+            f"{by}_win_rate_vs_company": rate - o_rate,
+            f"{by}_cycle_vs_company": cycle_ratio,
+        }
     )
 
 
 def _median_cycles(
     timed: pd.DataFrame, by: str, groups: pd.Index, code: np.ndarray, as_of: pd.Series
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Median created -> closed days of each group's closes by ``as_of``, shrunk toward the
-    overall median by ``CYCLE_PRIOR_CLOSES`` pseudo-closes."""
+    overall median by ``CYCLE_PRIOR_CLOSES`` pseudo-closes; and that overall median."""
     cycle = days_between(timed["closed_at"], timed["created_at"]).to_numpy()
     overall = EventIndex(np.zeros(len(timed), dtype=np.int64), timed["closed_at"])
     zero = np.zeros(len(as_of), dtype=np.int64)
@@ -69,7 +77,7 @@ def _median_cycles(
     n = np.where(code >= 0, hi - lo, 0).astype("float64")
     med = _prefix_medians(cycle[mine.rows], lo, np.where(code >= 0, hi, lo))
     c = CYCLE_PRIOR_CLOSES
-    return np.where(n > 0, (n * np.nan_to_num(med) + c * o_med) / (n + c), o_med)
+    return np.where(n > 0, (n * np.nan_to_num(med) + c * o_med) / (n + c), o_med), o_med
 
 
 def _prefix_medians(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -105,6 +113,16 @@ def _record_specs(by: str, who: str) -> list[SignalSpec]:
         SignalSpec(
             f"{by}_median_cycle_days",
             f"{who}'s median days from creation to close, shrunk toward the overall median",
+        ),
+        SignalSpec(
+            f"{by}_win_rate_vs_company",
+            f"{who}'s shrunk win rate minus the company's as of the date (0.05 = 5 points "
+            "better): the standing that carries over while the company's rate moves",
+        ),
+        SignalSpec(
+            f"{by}_cycle_vs_company",
+            f"{who}'s shrunk median cycle over the company's median as of the date (1.2 = 20% "
+            "slower)",
         ),
     ]
 

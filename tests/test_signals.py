@@ -118,6 +118,9 @@ def data() -> CanonicalTables:
             ("D1", "expected_close_date", "2025-06-30", "2025-06-20", "2025-05-15"),  # pull-in
             ("D1", "expected_close_date", "2025-06-20", "2025-07-31", "2025-06-25"),  # +41
             ("D1", "expected_close_date", "2025-07-31", "2025-09-30", "2025-07-02"),  # after
+            ("D1", "forecast_category", "pipeline", "best_case", "2025-04-02"),
+            ("D1", "forecast_category", "best_case", "commit", "2025-06-03"),
+            ("D1", "forecast_category", "commit", "pipeline", "2025-07-05"),  # after as_of
         ],
         activities=[
             ("D1", "call", "2025-06-30 22:00"),  # the as_of day itself: counted, 0 days ago
@@ -229,10 +232,100 @@ def test_rep_and_team_win_rate_only_from_earlier_closes(
     alice = (2 * 50 + 5 * 40) / (2 + 5)
     assert s.loc["D1", "owner_median_cycle_days"] == pytest.approx(alice)
     assert s.loc["B1", "owner_median_cycle_days"] == pytest.approx((1 * 30 + 5 * 40) / 6)
+    # the same against the company's as of the date (what the models read: it does not drift)
+    rate = (1 + 10 * overall) / (2 + 10)
+    assert s.loc["D1", "owner_win_rate_vs_company"] == pytest.approx(rate - overall)
+    assert s.loc["D1", "owner_cycle_vs_company"] == pytest.approx(alice / 40)
     # before any close: the prior alone (0.5) and no cycle figures
     early = compute_signals(data, [to_timestamp("2025-01-15")], cfg).iloc[0]
     assert early["owner_win_rate"] == 0.5 and early["owner_n_closed"] == 0
     assert np.isnan(early["owner_median_cycle_days"])
+
+
+def test_stage_pace_over_the_norms_of_the_stages_passed(
+    row: pd.Series, data: CanonicalTables, cfg: StageConfig
+) -> None:
+    # created 1 March, entered proposal 2 June: 93 days for qualification (norm 21) and needs
+    # analysis (norm 42)
+    assert row["stage_pace"] == pytest.approx(93 / (21 + 42))
+    b1 = compute_signals(data, [AS_OF], cfg).set_index("deal_id").loc["B1"]
+    assert np.isnan(b1["stage_pace"])  # still in the first stage: no pace yet
+
+
+def test_forecast_category_mean_over_the_categories_given_by_the_date(
+    row: pd.Series, data: CanonicalTables, cfg: StageConfig
+) -> None:
+    # pipeline at creation, best case in April, commit in June; July's downgrade is later
+    assert row["forecast_category"] == "commit"
+    assert row["forecast_category_mean"] == pytest.approx((0.0 + 0.5 + 0.9) / 3)
+    s = compute_signals(data, [to_timestamp("2025-05-01")], cfg).set_index("deal_id")
+    assert s.loc["D1", "forecast_category_mean"] == pytest.approx(0.25)
+    # never changed: the category as of the date alone
+    b1 = compute_signals(data, [AS_OF], cfg).set_index("deal_id").loc["B1"]
+    assert b1["forecast_category_mean"] == 0.0
+
+
+def test_advance_skill_from_stage_exits_by_the_date(
+    data: CanonicalTables, cfg: StageConfig
+) -> None:
+    s = compute_signals(data, [AS_OF], cfg).set_index("deal_id")
+    # Exits by 30 June in time order, each against the company's Laplace rate from that stage
+    # over the exits before it: L2 (bob) lost 0.5; W1 (alice) won 1/3; L1 (alice) lost 2/4;
+    # D1 (alice) qualification -> needs analysis 2/5; needs analysis -> proposal 1/2. W2's win
+    # on 15 July is later and does not count.
+    resid = (1 - 1 / 3) + (0 - 0.5) + (1 - 0.4) + (1 - 0.5)
+    info = (1 / 3) * (2 / 3) + 0.25 + 0.4 * 0.6 + 0.25
+    alice = resid / (info + 6.0)
+    assert s.loc["D1", "owner_advance_skill"] == pytest.approx(alice)
+    assert s.loc["D1", "team_advance_skill"] == pytest.approx(alice)  # north is alice alone
+    assert s.loc["B1", "owner_advance_skill"] == pytest.approx(-0.5 / (0.25 + 6.0))
+    assert s.loc["B1", "team_advance_skill"] == pytest.approx(-0.5 / (0.25 + 6.0))
+    # before any deal left a stage: unknown, not average
+    early = compute_signals(data, [to_timestamp("2025-01-15")], cfg).iloc[0]
+    assert np.isnan(early["owner_advance_skill"]) and np.isnan(early["team_advance_skill"])
+
+
+def test_days_since_last_touch_counts_every_kind_of_event(
+    row: pd.Series, data: CanonicalTables, cfg: StageConfig
+) -> None:
+    assert row["days_since_last_touch"] == 0  # the call on the as_of day
+    s = compute_signals(data, [AS_OF], cfg).set_index("deal_id")
+    # B1: no activity, but its fields were logged at creation on 1 June
+    b1 = s.loc["B1"]
+    assert np.isnan(b1["days_since_last_activity"]) and b1["days_since_last_touch"] == 29
+    # W2: nothing since its creation on 1 January; its close on 15 July is later
+    assert s.loc["W2", "days_since_last_touch"] == 180
+    late = compute_signals(data, [to_timestamp("2025-07-04")], cfg).set_index("deal_id")
+    assert late.loc["D1", "days_since_last_touch"] == 2  # the close-date push of 2 July
+
+
+def test_new_signals_ignore_events_after_as_of(data: CanonicalTables, cfg: StageConfig) -> None:
+    """Later stage moves and category changes leave the signals at as_of unchanged."""
+    later = [
+        ("D1", "negotiation", pd.Timestamp("2025-07-03"), False),
+        ("B1", "needs_analysis", pd.Timestamp("2025-07-04"), False),
+    ]
+    sh = pd.concat(
+        [data.stage_history, pd.DataFrame(later, columns=list(data.stage_history.columns))],
+        ignore_index=True,
+    )
+    fh_row = ("B1", "forecast_category", "pipeline", "commit", pd.Timestamp("2025-07-06"))
+    fh = pd.concat(
+        [data.field_history, pd.DataFrame([fh_row], columns=list(data.field_history.columns))],
+        ignore_index=True,
+    )
+    future = replace(data, stage_history=sh, field_history=fh)
+    cols = [
+        "stage_pace",
+        "forecast_category_mean",
+        "owner_advance_skill",
+        "team_advance_skill",
+        "days_since_last_touch",
+    ]
+    now = compute_signals(data, [AS_OF], cfg)[cols]
+    pd.testing.assert_frame_equal(compute_signals(future, [AS_OF], cfg)[cols], now)
+    moved = compute_signals(future, [to_timestamp("2025-08-10")], cfg)[cols]
+    assert not moved.equals(compute_signals(data, [to_timestamp("2025-08-10")], cfg)[cols])
 
 
 def test_deal_ids_restrict_rows_not_statistics(data: CanonicalTables, cfg: StageConfig) -> None:

@@ -75,13 +75,14 @@ def _stage_label(values: Values, stages: StageConfig) -> str:
     return "an unknown stage"
 
 
-@reason("activity_recency", "days_since_last_activity")
+@reason("activity_recency", "days_since_last_activity", "days_since_last_touch")
 def _recency(v: Values, stages: StageConfig) -> str:
-    d = _num(v, "days_since_last_activity")
+    d, touch = _num(v, "days_since_last_activity"), _num(v, "days_since_last_touch")
+    untouched = f"; nothing logged for {_days(touch)}" if touch >= 14 else ""
     if math.isnan(d):
-        return "no activity logged yet"
+        return f"no activity logged yet{untouched}"
     if d >= 14:
-        return f"no activity for {_days(d)}"
+        return f"no activity for {_days(d)}{untouched}"
     return "activity today" if d < 1 else f"last activity {_days(d)} ago"
 
 
@@ -199,22 +200,57 @@ def _next_step(v: Values, stages: StageConfig) -> str:
     return f"next step {_days(-d)} overdue" if d < 0 else f"next step due in {_days(d)}"
 
 
-@reason("forecast_category", "forecast_category")
+@reason("forecast_category", "forecast_category", "forecast_category_mean")
 def _category(v: Values, stages: StageConfig) -> str:
     c = v.get("forecast_category")
     if not isinstance(c, str):
         return "forecast category unknown"
-    return f"forecast category '{c.replace('_', ' ')}'"
+    text = f"forecast category '{c.replace('_', ' ')}'"
+    mean = _num(v, "forecast_category_mean")
+    return text if math.isnan(mean) else f"{text} (its categories so far average {mean:.0%})"
 
 
-@reason("rep_record", "owner_win_rate", "owner_median_cycle_days", "owner_n_closed")
+@reason("pace", "stage_pace")
+def _pace(v: Values, stages: StageConfig) -> str:
+    p = _num(v, "stage_pace")
+    if math.isnan(p):
+        return "no earlier stage to measure its pace"
+    return f"reached {_stage_label(v, stages)} in {p:.1f}x the norm of the stages before"
+
+
+def _conversion(skill: float) -> str:
+    if math.isnan(skill):
+        return ""
+    side = "above" if skill >= 0 else "below"
+    return f", stage conversion {side} the company's"
+
+
+@reason(
+    "rep_record",
+    "owner_win_rate",
+    "owner_median_cycle_days",
+    "owner_n_closed",
+    "owner_advance_skill",
+    "owner_win_rate_vs_company",
+    "owner_cycle_vs_company",
+)
 def _rep(v: Values, stages: StageConfig) -> str:
-    return f"the rep's win rate is {_num(v, 'owner_win_rate'):.0%}"
+    conversion = _conversion(_num(v, "owner_advance_skill"))
+    return f"the rep's win rate is {_num(v, 'owner_win_rate'):.0%}{conversion}"
 
 
-@reason("team_record", "team_win_rate", "team_median_cycle_days", "team_n_closed")
+@reason(
+    "team_record",
+    "team_win_rate",
+    "team_median_cycle_days",
+    "team_n_closed",
+    "team_advance_skill",
+    "team_win_rate_vs_company",
+    "team_cycle_vs_company",
+)
 def _team(v: Values, stages: StageConfig) -> str:
-    return f"the team's win rate is {_num(v, 'team_win_rate'):.0%}"
+    conversion = _conversion(_num(v, "team_advance_skill"))
+    return f"the team's win rate is {_num(v, 'team_win_rate'):.0%}{conversion}"
 
 
 @reason("segment", "segment")

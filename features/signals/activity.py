@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from features.data.schema import ActivityType
-from features.signals.events import NAT, EventIndex, codes, days_between
+from features.signals.events import NAT, EventIndex, codes, days_between, micros
 from features.signals.registry import SignalSpec, node, signal, signal_group
 
 ACTIVITY_WINDOWS: tuple[int, ...] = (14, 30, 90)
@@ -67,4 +67,52 @@ def days_since_last_activity(
     end = idx.end(deal_code, as_of)
     has = end > idx.start(deal_code)
     last = np.where(has, idx.times[np.maximum(end - 1, 0)] if len(idx) else NAT, NAT)
+    return days_between(as_of, pd.Series(last.astype("datetime64[us]")))
+
+
+@node
+def field_change_index(field_history: pd.DataFrame, deal_index: pd.Index) -> EventIndex:
+    return EventIndex(codes(field_history["deal_id"], deal_index), field_history["changed_at"])
+
+
+@node
+def stage_change_index(stage_history: pd.DataFrame, deal_index: pd.Index) -> EventIndex:
+    """Stage changes with a known time (a derived row only says when the deal was seen)."""
+    logged = stage_history[~stage_history["derived"].astype(bool)]
+    return EventIndex(codes(logged["deal_id"], deal_index), logged["entered_at"])
+
+
+@node
+def stakeholder_index(stakeholders: pd.DataFrame, deal_index: pd.Index) -> EventIndex:
+    return EventIndex(codes(stakeholders["deal_id"], deal_index), stakeholders["added_at"])
+
+
+def _last_time(idx: EventIndex, deal_code: np.ndarray, as_of: pd.Series) -> np.ndarray:
+    """Microseconds of each deal's last event on or before as_of (NAT when none)."""
+    end = idx.end(deal_code, as_of)
+    has = end > idx.start(deal_code)
+    if not len(idx):
+        return np.full(len(deal_code), NAT, dtype=np.int64)
+    return np.where(has, idx.times[np.maximum(end - 1, 0)], NAT)
+
+
+@signal(
+    "days since anything was last logged on the deal (an activity, a field change, a stage "
+    "change, a stakeholder, or its creation): a deal nobody touches has often been given up"
+)
+def days_since_last_touch(
+    activity_index: EventIndex,
+    field_change_index: EventIndex,
+    stage_change_index: EventIndex,
+    stakeholder_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    created_at: pd.Series,
+) -> pd.Series:
+    """Silence in activities alone mixes deals given up with deals in a quiet stage (waiting for
+    a capex round); a live deal still gets its close date moved and its next step updated."""
+    indexes = (activity_index, field_change_index, stage_change_index, stakeholder_index)
+    last = micros(created_at)
+    for idx in indexes:
+        last = np.maximum(last, _last_time(idx, deal_code, as_of))
     return days_between(as_of, pd.Series(last.astype("datetime64[us]")))

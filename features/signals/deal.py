@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from features.data.schema import HistorySource
+from features.data.stages import StageConfig
 from features.signals.events import (
     EventIndex,
     codes,
@@ -189,3 +190,66 @@ def next_step_defined(next_step: pd.Series, next_step_known: pd.Series) -> pd.Se
 @signal("days until the next-step date (negative: overdue; missing: no date)", needs_history=True)
 def days_to_next_step(as_of: pd.Series, next_step_date: pd.Series) -> pd.Series:
     return days_between(next_step_date, as_of)
+
+
+# --- forecast category ----------------------------------------------------------------------------
+@node
+def forecast_category_changes(field_history: pd.DataFrame) -> pd.DataFrame:
+    return field_history[field_history["field"] == "forecast_category"].reset_index(drop=True)
+
+
+@node
+def forecast_category_index(
+    forecast_category_changes: pd.DataFrame, deal_index: pd.Index
+) -> EventIndex:
+    fc = forecast_category_changes
+    return EventIndex(codes(fc["deal_id"], deal_index), fc["changed_at"])
+
+
+@node
+def forecast_category_changes_known(
+    field_tracked_since: dict[str, pd.Timestamp],
+    created_at: pd.Series,
+    field_changes_known: pd.Series,
+) -> np.ndarray:
+    return _changes_known("forecast_category", field_tracked_since, created_at, field_changes_known)
+
+
+def _category_levels(values: pd.Series, stages: StageConfig) -> np.ndarray:
+    """A forecast category as its configured minimum probability (commit 0.9, best case 0.5,
+    pipeline 0); a category the configuration does not grade (omitted, closed) is missing."""
+    levels = {name: c.min_probability for name, c in stages.forecast_categories.items()}
+    return pd.Series(values.astype(object).map(levels), dtype="float64").to_numpy()
+
+
+@signal(
+    "average of every forecast category the deal was given up to the date, each as its "
+    "configured minimum probability (pipeline 0, best case 0.5, commit 0.9)",
+    needs_history=True,
+)
+def forecast_category_mean(
+    forecast_category: pd.Series,
+    forecast_category_changes: pd.DataFrame,
+    forecast_category_index: EventIndex,
+    deal_code: np.ndarray,
+    as_of: pd.Series,
+    forecast_category_changes_known: np.ndarray,
+    stages: StageConfig,
+) -> pd.Series:
+    """The rep re-judges a deal at each step, each time with fresh noise: the average of those
+    judgements says more than the latest alone. The values are the first change's old value (the
+    category at creation) and the new value of every change up to as_of; with no change yet, the
+    category as of the date is the only one."""
+    idx = forecast_category_index
+    start, end = idx.start(deal_code), idx.end(deal_code, as_of)
+    new = _category_levels(forecast_category_changes["new_value"], stages)
+    old = _category_levels(forecast_category_changes["old_value"], stages)
+    graded = ~np.isnan(new)
+    total = idx.total(np.nan_to_num(new), deal_code, as_of)
+    count = idx.total(graded, deal_code, as_of)
+    first_old = np.append(old[idx.rows], np.nan)[np.minimum(start, len(idx))]
+    first = np.where(end > start, first_old, _category_levels(forecast_category, stages))
+    has_first = ~np.isnan(first)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (total + np.nan_to_num(first)) / (count + has_first)
+    return nan_where(mean, ~forecast_category_changes_known)

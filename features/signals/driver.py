@@ -156,6 +156,7 @@ def signals_of_states(
         "activities": rows_of(tables.activities),
         "stakeholders": rows_of(tables.stakeholders),
         "field_history": tables.field_history.reset_index(drop=True),
+        "stage_history": tables.stage_history.reset_index(drop=True),
         "as_of": states["as_of"].astype("datetime64[us]").reset_index(drop=True),
         "history_source": pd.Series(all_deals["history_source"].to_numpy()[code]),
     }

@@ -41,6 +41,25 @@ def stage_norm_ratio(days_in_stage: pd.Series, stage: pd.Series, stages: StageCo
     return days_in_stage / norm
 
 
+@signal(
+    "days from creation to entering the current stage over the summed norms of the stages before "
+    "it (1 = on the norms, above 1 slower; missing in the first stage)",
+    needs_history=True,
+)
+def stage_pace(
+    stage: pd.Series, stage_entered_at: pd.Series, created_at: pd.Series, stages: StageConfig
+) -> pd.Series:
+    """A deal's speed through the stages it has left: good deals move faster, and one past stage's
+    time says little (a stall, a holiday) while the whole path so far averages that out."""
+    before: dict[str, float] = {}
+    total = 0.0
+    for s in stages.open_stages:
+        before[s.key] = total
+        total += s.duration_days.norm if s.duration_days else np.nan
+    norm = pd.Series(stage.map(before), dtype="float64").replace(0.0, np.nan)
+    return days_between(stage_entered_at, created_at) / norm.to_numpy()
+
+
 @signal("days since the deal was created")
 def deal_age_days(as_of: pd.Series, created_at: pd.Series) -> pd.Series:
     return days_between(as_of, created_at)

@@ -51,9 +51,10 @@ def _signals(
 def test_parts_merged_by_the_plan_give_each_its_answer_alone(
     store: CanonicalTables, cfg: StageConfig
 ) -> None:
-    rows, facts = DealRows.of(store), StoreFacts.of(store, AS_OF)
+    rows, facts = DealRows.of(store), StoreFacts.of(store, AS_OF, cfg)
     changes: list[list[dict[str, Any]]] = [
         [{"deal_id": "b", "add_activities": ["demo"], "expected_close_date": "2025-09-30"}],
+        # a stage change adds a stage exit (the rep's stage-to-stage conversion): alone
         [{"deal_id": "c", "stage": "proposal"}, {"deal_id": "d", "add_stakeholders": ["other"]}],
         [{"deal_id": "d", "add_stakeholders": ["champion"]}],  # d again: not with the one above
         [{"deal_id": "c", "amount": 5_000.0}],  # starts the amount's tracking: alone
@@ -64,7 +65,7 @@ def test_parts_merged_by_the_plan_give_each_its_answer_alone(
         for p, c in zip(parts, changes, strict=True)
     ]
     runs = plan(asks)
-    assert [[asks.index(a) for a in run] for run in runs] == [[0, 1], [2], [3]]
+    assert [[asks.index(a) for a in run] for run in runs] == [[0, 2], [1], [3]]
     for run in runs:
         together = _signals([a.payload for a in run], facts, cfg)
         for ask, got in zip(run, together, strict=True):
@@ -78,7 +79,7 @@ def test_merging_across_tracking_starts_would_change_an_answer(
     store: CanonicalTables, cfg: StageConfig
 ) -> None:
     """Why the plan keeps the amount change apart: merged, deal b's amount would count as known."""
-    rows, facts = DealRows.of(store), StoreFacts.of(store, AS_OF)
+    rows, facts = DealRows.of(store), StoreFacts.of(store, AS_OF, cfg)
     plain = changed_part(rows, AS_OF, [{"deal_id": "b", "add_activities": ["demo"]}])
     amount = changed_part(rows, AS_OF, [{"deal_id": "c", "amount": 5_000.0}])
     assert tracking_key(facts, plain) != tracking_key(facts, amount)

@@ -54,7 +54,7 @@ def _reference(
 def _per_deal(
     tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, changes: list[dict]
 ) -> pd.DataFrame:
-    rows, facts = DealRows.of(tables), StoreFacts.of(tables, as_of)
+    rows, facts = DealRows.of(tables), StoreFacts.of(tables, as_of, stages)
     part = apply_changes(rows.part(c["deal_id"] for c in changes), changes, as_of)
     return deal_signals(part, facts, stages).reset_index(drop=True)
 
@@ -69,7 +69,7 @@ def test_every_open_deal_alone_equals_the_whole_store(
 ) -> None:
     as_of = pd.Timestamp(when)
     full = compute_signals(generated_tables, as_of, cfg).set_index("deal_id")
-    rows, facts = DealRows.of(generated_tables), StoreFacts.of(generated_tables, as_of)
+    rows, facts = DealRows.of(generated_tables), StoreFacts.of(generated_tables, as_of, cfg)
     ids = list(full.index)
     assert len(ids) > 20
     # one part holding every open deal, and a few deals alone

@@ -11,7 +11,10 @@ computed from tables cut down to that deal — except for three facts of the who
   whether the deal's value at as_of is known (``deal_states``) and whether its change counts are
   (``field_tracked_since``);
 - the rep's and the team's track record (``owner_record``, ``team_record``): every deal of the
-  rep or team closed by as_of.
+  rep or team closed by as_of;
+- the stage exits of every deal (``stage_exits``), read by the rep's and team's stage-to-stage
+  conversion (``owner_advance_skill``, ``team_advance_skill``): open deals' too, so a what-if
+  that moves a deal's stage moves its rep's figure, as it would in the store.
 
 :class:`StoreFacts` computes these once per (tables, as_of) with the registry's own node functions
 (no formula is written twice) and finds each deal's rows in every table; :func:`deal_signals`
@@ -21,6 +24,9 @@ what-if adds the changes it asks about — with the store-wide facts given. The 
 
 - the tracking start is recomputed as the earlier of the store's and the part's (so an added
   field change moves it exactly as it would in the store);
+- the stage exits are the store's, recomputed with the part's stage rows in place of the store's
+  rows of its deals when the part adds any (a part is the store's rows plus added ones, so the
+  same count means the same rows);
 - a track record reads closed deals only (outcome, close time, creation time, owner, team): rows
   added to the part must leave those columns of its deals as the store has them (a what-if changes
   amounts, dates, categories, next steps, stages and adds events, never those).
@@ -48,6 +54,7 @@ from features.signals.registry import execute
 # Registry nodes that read other deals, and the state column that selects whose figures a row gets.
 RECORD_NODES: dict[str, str] = {"owner_record": "owner", "team_record": "team"}
 TRACKING_NODE = "field_tracked_since"
+EXITS_NODE = "stage_exits"
 
 
 def _earliest(*sources: dict[str, pd.Timestamp]) -> dict[str, pd.Timestamp]:
@@ -102,24 +109,50 @@ class StoreFacts:
     tracked_since: dict[str, pd.Timestamp]
     records: dict[str, pd.DataFrame]  # node -> its columns, one row per owner (team) of the store
     deals: pd.DataFrame  # the store's deals: a record of a value not seen above is computed
+    stages: StageConfig
+    stage_history: pd.DataFrame  # the store's, for the exits of a part that adds stage rows
+    exits: pd.DataFrame  # the store's stage exits (registry node ``stage_exits``)
 
     @classmethod
-    def of(cls, tables: CanonicalTables, as_of: pd.Timestamp) -> StoreFacts:
+    def of(cls, tables: CanonicalTables, as_of: pd.Timestamp, stages: StageConfig) -> StoreFacts:
         as_of = pd.Timestamp(as_of)
         deals = tables.deals.reset_index(drop=True)
         records = {}
         for node, column in RECORD_NODES.items():
             who = deals[column].drop_duplicates().dropna().reset_index(drop=True)
             records[node] = _record(deals, node, column, who, as_of)
-        return cls(as_of, tracked_since(tables.field_history), records, deals)
+        history = tables.stage_history.reset_index(drop=True)
+        exits = _exits(history, deals, stages)
+        return cls(
+            as_of, tracked_since(tables.field_history), records, deals, stages, history, exits
+        )
 
     def tracking(self, part: CanonicalTables) -> dict[str, pd.Timestamp]:
         """Each field's tracking start in the store with ``part``'s rows (added ones too)."""
         return _earliest(self.tracked_since, tracked_since(part.field_history))
 
-    def given(self, states: pd.DataFrame, since: dict[str, pd.Timestamp]) -> dict[str, Any]:
-        """The store-wide nodes for the rows of ``states``; ``since`` from :meth:`tracking`."""
-        out: dict[str, Any] = {TRACKING_NODE: since}
+    def adds_stage_rows(self, part: CanonicalTables) -> bool:
+        """Whether ``part`` holds stage rows the store does not (a what-if's stage change)."""
+        mine = self.stage_history["deal_id"].isin(part.deals["deal_id"].unique())
+        return int(mine.sum()) != len(part.stage_history)
+
+    def stage_exits(self, part: CanonicalTables) -> pd.DataFrame:
+        """Every deal's stage exits in the store with ``part``'s stage rows in place of the
+        store's rows of its deals."""
+        if not self.adds_stage_rows(part):
+            return self.exits
+        mine = self.stage_history["deal_id"].isin(part.deals["deal_id"].unique())
+        history = pd.concat(
+            [self.stage_history[~mine], part.stage_history], ignore_index=True
+        ).astype(self.stage_history.dtypes.to_dict())
+        return _exits(history, self.deals, self.stages)
+
+    def given(
+        self, states: pd.DataFrame, since: dict[str, pd.Timestamp], part: CanonicalTables
+    ) -> dict[str, Any]:
+        """The store-wide nodes for the rows of ``states`` (of ``part``'s deals); ``since``
+        from :meth:`tracking`."""
+        out: dict[str, Any] = {TRACKING_NODE: since, EXITS_NODE: self.stage_exits(part)}
         for node, column in RECORD_NODES.items():
             table = self.records[node]
             who = states[column].reset_index(drop=True)
@@ -129,6 +162,13 @@ class StoreFacts:
             else:  # a missing owner (or team): the registry's own answer for these rows
                 out[node] = _record(self.deals, node, column, who, self.as_of)
         return out
+
+
+def _exits(history: pd.DataFrame, deals: pd.DataFrame, stages: StageConfig) -> pd.DataFrame:
+    """The registry node ``stage_exits`` of these tables."""
+    inputs = {"stage_history": history, "deals": deals, "stages": stages}
+    out: pd.DataFrame = execute(inputs, [EXITS_NODE])[EXITS_NODE]
+    return out
 
 
 def _record(
@@ -164,5 +204,5 @@ def deal_signals(
         stages,
         custom=custom,
         static_custom=fixed,
-        given=facts.given(states, since),
+        given=facts.given(states, since, part),
     )

@@ -150,7 +150,8 @@ def what_if_basis(
         ("deal-rows", snap.version), lambda: DealRows.of(snap.tables)
     )
     facts = state.results.get_or_compute(
-        ("store-facts", snap.version, as_of), lambda: StoreFacts.of(snap.tables, as_of)
+        ("store-facts", snap.version, as_of),
+        lambda: StoreFacts.of(snap.tables, as_of, state.stages),
     )
     return rows, facts
 

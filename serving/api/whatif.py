@@ -176,8 +176,13 @@ def score_parts(
 
 def tracking_key(facts: StoreFacts, part: CanonicalTables) -> Hashable:
     """Parts with the same key may be scored together: a change to a field the store had not
-    tracked by as-of starts its tracking, and so would reach every deal scored with it."""
-    return tuple(sorted(facts.tracking(part).items()))
+    tracked by as-of starts its tracking, and so would reach every deal scored with it; a stage
+    change adds a stage exit, which reaches the rep's and team's stage-to-stage conversion of
+    every deal scored with it (such a part gets a key of its own)."""
+    tracking = tuple(sorted(facts.tracking(part).items()))
+    if facts.adds_stage_rows(part):
+        return (tracking, "own", id(part))
+    return tracking
 
 
 def rescore(

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,7 +29,8 @@ from typing import Any
 
 import httpx
 
-PIPECAST = str(Path(sys.executable).with_name("pipecast"))
+from serving.api.launch import PIPECAST, ServerNotReady, launch
+
 # The fast recipe: this measures serving, not model quality.
 RECIPE = {
     "win": {"n_estimators": 40, "learning_rate": 0.1},
@@ -100,46 +99,15 @@ def setup(root: Path, deals: int, seed: int) -> tuple[dict[str, str], str]:
     return env, out.strip().splitlines()[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server(env: dict[str, str], log: Path, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
-    """``pipecast serve`` (one worker) on a free loopback port; yield its URL and pid once ready."""
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [PIPECAST, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"pipecast serve exited with {proc.returncode}; see {log}")
-                try:
-                    # Ready means the champion is loaded and the store reachable.
-                    if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"pipecast serve not ready in {timeout:.0f} s; see {log}")
-                time.sleep(0.2)
-            yield base, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """``pipecast serve`` (one worker) on a free loopback port; yield its URL and pid once ready
+    (the champion loaded and the store reachable)."""
+    try:
+        with launch(env, ready="/readyz", timeout=timeout, log=log) as (base, pid):
+            yield base, pid
+    except ServerNotReady as err:  # raised while starting only
+        raise SystemExit(f"{err}; see {log}") from None
 
 
 def peak_rss_mb(pid: int) -> float | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -104,6 +103,10 @@ def test_retrain_and_promote_while_serving(base: str, world: World) -> None:
         assert again.status_code == 409  # one retrain at a time
         job, fractions = _wait_job(revops, r.json()["id"])
         assert job["state"] == "succeeded", job
+        # The job files live in the configured jobs dir (where every worker reads them).
+        folders = [p for p in (world.root / "jobs").iterdir() if p.is_dir()]
+        assert {p.name for p in folders} >= {job["id"], failed["id"]}
+        assert all((p / "status.json").exists() for p in folders)
         assert fractions == sorted(fractions) and fractions[-1] == 1.0
         assert any(0 < f < 1 for f in fractions), fractions  # progress was reported on the way
         v2 = {name: res["version"] for name, res in job["result"].items()}
@@ -135,8 +138,3 @@ def test_a_rep_cannot_reach_another_reps_deal_over_http(base: str, world: World)
     r = httpx.get(f"{base}/v1/deals/{deal_id}", headers=world.headers("rep"))
     assert r.status_code == 404 and r.json()["detail"] == f"unknown deal {deal_id!r}"
     assert "x-request-id" in r.headers
-
-
-def test_the_job_files_live_in_the_jobs_dir(world: World) -> None:
-    folders = [p for p in Path(world.root / "jobs").iterdir() if p.is_dir()]
-    assert folders and all((p / "status.json").exists() for p in folders)

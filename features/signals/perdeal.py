@@ -131,17 +131,20 @@ class StoreFacts:
         """Each field's tracking start in the store with ``part``'s rows (added ones too)."""
         return _earliest(self.tracked_since, tracked_since(part.field_history))
 
+    def _stored_rows(self, part: CanonicalTables) -> pd.Series:
+        """Which of the store's stage rows belong to ``part``'s deals."""
+        return self.stage_history["deal_id"].isin(part.deals["deal_id"].unique())
+
     def adds_stage_rows(self, part: CanonicalTables) -> bool:
         """Whether ``part`` holds stage rows the store does not (a what-if's stage change)."""
-        mine = self.stage_history["deal_id"].isin(part.deals["deal_id"].unique())
-        return int(mine.sum()) != len(part.stage_history)
+        return int(self._stored_rows(part).sum()) != len(part.stage_history)
 
     def stage_exits(self, part: CanonicalTables) -> pd.DataFrame:
         """Every deal's stage exits in the store with ``part``'s stage rows in place of the
         store's rows of its deals."""
-        if not self.adds_stage_rows(part):
+        mine = self._stored_rows(part)
+        if int(mine.sum()) == len(part.stage_history):  # no stage row added: the store's
             return self.exits
-        mine = self.stage_history["deal_id"].isin(part.deals["deal_id"].unique())
         history = pd.concat(
             [self.stage_history[~mine], part.stage_history], ignore_index=True
         ).astype(self.stage_history.dtypes.to_dict())

@@ -48,7 +48,7 @@ PHASES = {
         t0 = time.perf_counter()
         m = fit_on_rows(rows, tables, cfg, cutoff=end, config=make_config())
         seconds = time.perf_counter() - t0
-        fitted_rows = m.train_rows["base"] + m.train_rows["calibration"]
+        fitted_rows = m.train_rows["fit"]
     """,
 }
 

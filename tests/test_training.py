@@ -3,6 +3,7 @@ baselines, oracle, reasons, scoring and the minimum-data refusal (fast: small ge
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import replace
@@ -150,6 +151,46 @@ def test_training_rows_leak_nothing_known_after_the_cutoff(data: GeneratedData) 
     assert a.train_rows == b.train_rows
     np.testing.assert_array_equal(a.predict_win(probe), b.predict_win(probe))
     np.testing.assert_array_equal(a.predict_quarter(probe), b.predict_quarter(probe))
+
+
+def test_calibration_rows_are_scored_by_models_fitted_before_them(data, monkeypatch) -> None:
+    """Every calibration row is scored by a fold model fitted only on earlier snapshots, with
+    labels as known before the row's date: out of time, as the served model meets its future."""
+    from training import fitting
+
+    events: list[tuple[str, pd.Timestamp]] = []
+    real_labels = fitting.labels_at
+
+    def spy_labels(rows: pd.DataFrame, deals: pd.DataFrame, at: pd.Timestamp, **kw: Any):
+        events.append(("labels", pd.Timestamp(at)))
+        return real_labels(rows, deals, at, **kw)
+
+    class Spy(WinModel):
+        def fit(self, X, y, sample_weight=None):  # type: ignore[no-untyped-def]
+            events.append(("fit", pd.Timestamp(X["as_of"].max())))
+            return super().fit(X, y, sample_weight=sample_weight)
+
+        def decision_function(self, X):  # type: ignore[no-untyped-def]
+            events.append(("score", pd.Timestamp(X["as_of"].min())))
+            return super().decision_function(X)
+
+    monkeypatch.setattr(fitting, "labels_at", spy_labels)
+    monkeypatch.setattr(fitting, "WinModel", Spy)
+    cutoff = to_timestamp("2024-12-31")
+    fitted = fit_models(data.tables, CFG, cutoff=cutoff, **FAST, calibration_folds=3)
+    split = fitted.split
+    assert split is not None and len(split.folds) == 3
+    scored = [i for i, (kind, _) in enumerate(events) if kind == "score"]
+    assert len(scored) == 3
+    for i in scored:
+        fit_at = max(j for j in range(i) if events[j][0] == "fit")
+        labels_read = max(j for j in range(fit_at) if events[j][0] == "labels")
+        first_scored = events[i][1]
+        assert events[fit_at][1] < first_scored, (events[fit_at], events[i])
+        assert events[labels_read][1] <= first_scored, (events[labels_read], events[i])
+    # the served model saw every snapshot, the last fold's too
+    served = [t for kind, t in events if kind == "fit"][-1]
+    assert served >= split.folds[-1].start
 
 
 # --- labels as known at the cut-off ---------------------------------------------------------------
@@ -596,5 +637,10 @@ def test_fit_models_time_split(fitted) -> None:
     split = fitted.split
     assert split.base.end < split.calibration.start <= split.calibration.end <= fitted.cutoff
     assert split.base.label_cutoff == split.calibration.start  # base labels known at its end
-    assert fitted.train_rows["base"] > 0 and fitted.train_rows["calibration"] > 0
+    assert fitted.train_rows["fit"] > fitted.train_rows["calibration"] > 0
+    folds = split.folds
+    assert folds and folds[0].start == split.calibration.start
+    assert all(a.end < b.start for a, b in itertools.pairwise(folds))
+    assert folds[-1].end >= split.calibration.end
+    assert all(f.label_cutoff == fitted.cutoff for f in folds)
     assert replace(fitted, versions={"x": "1"}).versions == {"x": "1"}

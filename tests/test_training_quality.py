@@ -49,9 +49,9 @@ def test_must_show_figures(result: TrainingResult) -> None:
     by_stage = {k: round(s["ece"], 4) for k, s in ours["by_stage"].items()}
     assert max(by_stage.values()) <= 0.05, by_stage
     # The oracle knows each deal's latent quality; the model sees it only through noisy signals.
-    # The issue asks for a Brier within 15% of the oracle's; measured about 16% (see README).
+    # The issue asks for a Brier within 15% of the oracle's: measured 13.8% (see README).
     ratio = ours["brier"] / oracle["brier"]
-    assert 1.0 < ratio <= 1.22, ratio
+    assert 1.0 < ratio <= 1.15, ratio
     # closes won this quarter: at least 20% below the rep's close date at face value
     slip, rep = result.slip["eval"], result.slip["baselines"]["rep_close_date"]
     assert slip["log_loss"] <= 0.8 * rep["log_loss"], (slip["log_loss"], rep["log_loss"])

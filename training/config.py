@@ -51,6 +51,9 @@ class TrainingConfig(_Frozen):
     calibration_weeks: Annotated[int, Field(ge=4)] = 65
     eval_weeks: Annotated[int, Field(ge=4)] = 65
     min_base_weeks: Annotated[int, Field(ge=4)] = 26
+    # The calibration window is scored out of time in this many consecutive folds, each by the
+    # recipe fitted before it; the served model is then fitted on every row (training.calibration).
+    calibration_folds: Annotated[int, Field(ge=1, le=12)] = 3
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
     # Below this, training refuses and scoring falls back to historical stage rates.
     min_closed_deals: Annotated[int, Field(ge=10)] = 200

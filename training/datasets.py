@@ -27,6 +27,7 @@ was open (a ``closed`` forecast category, a closed stage): both would teach a mo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -246,10 +247,14 @@ class Window:
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """Fit on ``base`` (labels at its end), calibrate on the later ``calibration`` window."""
+    """``base``: the snapshots before the ``calibration`` window (labels at its start);
+    ``folds``: the calibration window cut in consecutive parts, each scored out of time by the
+    recipe fitted on the snapshots before it (labels at the fold's start; see
+    :mod:`training.calibration`), its own labels read at the cut-off."""
 
     base: Window
     calibration: Window
+    folds: tuple[Window, ...] = ()
     notes: tuple[str, ...] = ()
 
 
@@ -281,7 +286,14 @@ def split_before(first: pd.Timestamp, cutoff: pd.Timestamp, config: TrainingConf
     t1 = cutoff - pd.Timedelta(weeks=cal_weeks)
     base = Window("base", first, t1 - pd.Timedelta(microseconds=1), t1)
     calibration = Window("calibration", t1, cutoff, cutoff)
-    return TimeSplit(base=base, calibration=calibration, notes=tuple(notes))
+    # Consecutive folds of equal length, each at least 4 weeks.
+    n = max(1, min(config.calibration_folds, cal_weeks // 4))
+    edges = [t1 + (cutoff - t1) * j / n for j in range(n)] + [cutoff + pd.Timedelta(1, "us")]
+    folds = tuple(
+        Window(f"calibration fold {j + 1}", a, b - pd.Timedelta(microseconds=1), cutoff)
+        for j, (a, b) in enumerate(itertools.pairwise(edges))
+    )
+    return TimeSplit(base=base, calibration=calibration, folds=folds, notes=tuple(notes))
 
 
 def evaluation_window(

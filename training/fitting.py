@@ -2,13 +2,15 @@
 
 Used by ``pipecast train`` (twice: once at the start of the evaluation window to measure, once
 at the end of the data to serve) and by the quarter forecast's backtests, which refit at every
-past quarter. Inside, time is split (:func:`training.datasets.split_before`): the base models
-learn from the earlier snapshots with labels known at the base window's end, and are calibrated
-on the later window with labels known at the cut-off.
+past quarter. Inside, time is split (:func:`training.datasets.split_before`). The win model is
+fitted on every snapshot up to the cut-off (labels known then) and calibrated on the later
+window's scores by models fitted before each of its folds (:mod:`training.calibration`); the slip
+model likewise, on (snapshot, horizon) pairs, calibrated on the rows whose quarter had ended.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
 from features.errors import NotEnoughDataError
 from features.signals.driver import custom_column_names
-from training.calibration import base_model, calibrate
+from training.calibration import Recalibrated, base_model, calibrate_log_odds
 from training.config import GbmParams, TrainingConfig, make_config
 from training.datasets import (
     Progress,
@@ -39,8 +41,8 @@ from training.models import HORIZON, SlipModel, WinModel, cumulative, with_horiz
 class FittedModels:
     """A calibrated win model and slip model fitted at ``cutoff``, ready to score deals."""
 
-    win: Any  # CalibratedClassifierCV(FrozenEstimator(WinModel))
-    slip: Any  # CalibratedClassifierCV(FrozenEstimator(SlipModel))
+    win: Any  # Recalibrated(WinModel, calibrator of its out-of-time log-odds)
+    slip: Any  # Recalibrated(SlipModel, calibrator of its out-of-time log-odds)
     config: TrainingConfig
     cutoff: pd.Timestamp
     split: TimeSplit | None = None
@@ -144,6 +146,12 @@ def resolve_custom(tables: CanonicalTables, config: TrainingConfig) -> list[str]
         raise InputError(str(err.args[0])) from None
 
 
+# Rows a fold model scores for calibration: features, labels, weights (None: equal).
+_Scored = tuple[pd.DataFrame, np.ndarray, np.ndarray | None]
+_Fit = Callable[[pd.DataFrame, pd.DataFrame], Any]
+_Rows = Callable[[pd.DataFrame, pd.DataFrame], _Scored]
+
+
 def fit_on_rows(
     rows: pd.DataFrame,
     tables: CanonicalTables,
@@ -159,75 +167,94 @@ def fit_on_rows(
         raise NotEnoughDataError(f"no snapshot rows on or before {cutoff:%Y-%m-%d}")
     check_feature_values(rows, stages)
     split = split_before(pd.Timestamp(rows["as_of"].min()), cutoff, config)
-    base = split.base.select(rows)
-    cal = split.calibration.select(rows)
     deals = tables.deals
-    lab_base = labels_at(
-        base,
-        deals,
-        split.base.label_cutoff,
-        horizon_days=config.horizon_days,
-        min_survival=config.min_censoring_survival,
-    )
-    lab_cal = labels_at(
-        cal,
-        deals,
-        cutoff,
-        horizon_days=config.horizon_days,
-        min_survival=config.min_censoring_survival,
-    )
-    steps = 4
 
-    def tick(done: int) -> None:
+    def labelled(part: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
+        return labels_at(
+            part,
+            deals,
+            at,
+            horizon_days=config.horizon_days,
+            min_survival=config.min_censoring_survival,
+        )
+
+    steps = 2 * (len(split.folds) + 1)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
         if progress is not None:
             progress("fitting", done, steps)
+        done += 1
 
-    tick(0)
+    tick()
     params: dict[str, Any] = {
         "exclude": list(config.exclude_features),
         "known_from_stage": custom_stage_orders(stages),
         "random_state": config.random_state,
         "n_jobs": config.n_jobs,
     }
-    kb, kc = lab_base["weight"].to_numpy() > 0, lab_cal["weight"].to_numpy() > 0
-    _require_both(lab_base["won_h"].to_numpy()[kb], "base", split)
-    _require_both(lab_cal["won_h"].to_numpy()[kc], "calibration", split)
-    win = WinModel(**_gbm(config.win), **params).fit(
-        base.loc[kb],
-        lab_base["won_h"].to_numpy()[kb],
-        sample_weight=lab_base["weight"].to_numpy()[kb],
+    first = split.base.start
+
+    def fit_win(before: pd.DataFrame, labels: pd.DataFrame) -> WinModel:
+        keep = labels["weight"].to_numpy() > 0
+        y = labels["won_h"].to_numpy()[keep]
+        end = pd.Timestamp(before["as_of"].max())
+        _require_both(y, "snapshots to fit the win model on", first, end)
+        return WinModel(**_gbm(config.win), **params).fit(
+            before.loc[keep], y, sample_weight=labels["weight"].to_numpy()[keep]
+        )
+
+    def win_rows(part: pd.DataFrame, labels: pd.DataFrame) -> _Scored:
+        keep = labels["weight"].to_numpy() > 0
+        return part.loc[keep], labels["won_h"].to_numpy()[keep], labels["weight"].to_numpy()[keep]
+
+    def fit_slip(before: pd.DataFrame, labels: pd.DataFrame) -> SlipModel:
+        rng = np.random.default_rng(config.random_state)
+        x_pairs, y_pairs = slip_pairs(before, labels, config, rng)
+        return SlipModel(**_gbm(config.slip), **params).fit(x_pairs, y_pairs)
+
+    def quarter_rows(part: pd.DataFrame, labels: pd.DataFrame) -> _Scored:
+        ended = labels["won_by_quarter_end"].notna().to_numpy()
+        x = with_horizon(part.loc[ended], part.loc[ended, "days_left_in_quarter"].to_numpy())
+        return x, labels["won_by_quarter_end"].to_numpy()[ended], None
+
+    def out_of_time(fit: _Fit, scored: _Rows, what: str) -> tuple[Recalibrated, int, int]:
+        """``fit`` on every row up to the cut-off (labels then), its log-odds calibrated on the
+        calibration folds, each scored by ``fit`` on the snapshots before it (labels then)."""
+        log_odds, ys, ws = [], [], []
+        for fold in split.folds:
+            part = fold.select(rows)
+            x, y, w = scored(part, labelled(part, cutoff))
+            if len(x):  # none where no quarter of the fold has ended yet
+                before = rows.loc[rows["as_of"] < fold.start].reset_index(drop=True)
+                model = fit(before, labelled(before, fold.start))
+                log_odds.append(model.decision_function(x))
+                ys.append(y)
+                ws.append(np.ones(len(y)) if w is None else w)
+            tick()
+        y_oot = np.concatenate(ys) if ys else np.zeros(0)
+        _require_both(y_oot, what, split.calibration.start, cutoff)
+        every = labelled(rows, cutoff)
+        calibration = calibrate_log_odds(
+            np.concatenate(log_odds), y_oot, sample_weight=np.concatenate(ws),
+            method=config.calibration,
+        )  # fmt: skip
+        model = Recalibrated(fit(rows, every), calibration)
+        tick()
+        return model, int((every["weight"].to_numpy() > 0).sum()), len(y_oot)
+
+    win, n_fit, n_cal = out_of_time(fit_win, win_rows, "calibration window's snapshots")
+    slip, _, n_quarter = out_of_time(
+        fit_slip, quarter_rows, "calibration window's snapshots whose quarter ended"
     )
-    tick(1)
-    win_cal = calibrate(
-        win,
-        cal.loc[kc],
-        lab_cal["won_h"].to_numpy()[kc],
-        sample_weight=lab_cal["weight"].to_numpy()[kc],
-        method=config.calibration,
-    )
-    tick(2)
-    rng = np.random.default_rng(config.random_state)
-    x_pairs, y_pairs = slip_pairs(base, lab_base, config, rng)
-    slip = SlipModel(**_gbm(config.slip), **params).fit(x_pairs, y_pairs)
-    tick(3)
-    quarter = lab_cal["won_by_quarter_end"].notna().to_numpy()
-    q_rows = with_horizon(cal.loc[quarter], cal.loc[quarter, "days_left_in_quarter"].to_numpy())
-    q_y = lab_cal["won_by_quarter_end"].to_numpy()[quarter]
-    _require_both(q_y, "calibration (quarter)", split)
-    slip_cal = calibrate(slip, q_rows, q_y, method=config.calibration)
-    tick(4)
     return FittedModels(
-        win=win_cal,
-        slip=slip_cal,
+        win=win,
+        slip=slip,
         config=config,
         cutoff=cutoff,
         split=split,
-        train_rows={
-            "base": int(kb.sum()),
-            "calibration": int(kc.sum()),
-            "slip_pairs": len(y_pairs),
-            "slip_calibration": int(quarter.sum()),
-        },
+        train_rows={"fit": n_fit, "calibration": n_cal, "slip_calibration": n_quarter},
     )
 
 
@@ -235,13 +262,12 @@ def _gbm(params: GbmParams) -> dict[str, Any]:
     return params.model_dump()
 
 
-def _require_both(y: np.ndarray, window: str, split: TimeSplit) -> None:
+def _require_both(y: np.ndarray, what: str, start: pd.Timestamp, end: pd.Timestamp) -> None:
     won, lost = int((y == 1).sum()), int((y == 0).sum())
     if min(won, lost) < 10:
-        w = split.base if window == "base" else split.calibration
         raise NotEnoughDataError(
-            f"the {window} window ({w.start:%Y-%m-%d}..{w.end:%Y-%m-%d}) has {won} won and "
-            f"{lost} lost labelled rows; at least 10 of each are needed"
+            f"the {what} ({start:%Y-%m-%d}..{end:%Y-%m-%d}) have {won} won and {lost} lost "
+            "labelled rows; at least 10 of each are needed"
         )
 
 

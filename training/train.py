@@ -141,14 +141,13 @@ class TrainingResult:
         w = self.evaluation.window
         tr = self.backtest.train_rows
         return {
-            "train_rows": tr["base"] + tr["calibration"],
+            "train_rows": tr["fit"],
             "eval_rows": int(self.evaluation.win_mask.sum()),
             "eval_window": [f"{w.start:%Y-%m-%d}", f"{w.end:%Y-%m-%d}"],
             "slip_eval_rows": int(self.evaluation.quarter_mask.sum()),
             "backtest_cutoff": f"{self.eval_cutoff:%Y-%m-%d}",
             "serving_cutoff": f"{self.as_of:%Y-%m-%d}",
-            "serving_train_rows": self.serving.train_rows["base"]
-            + self.serving.train_rows["calibration"],
+            "serving_train_rows": self.serving.train_rows["fit"],
             "windows": {
                 "backtest": _windows(self.backtest),
                 "serving": _windows(self.serving),
@@ -165,6 +164,7 @@ def _windows(models: FittedModels) -> dict[str, Any]:
     return {
         "base": models.split.base.as_dict(),
         "calibration": models.split.calibration.as_dict(),
+        "calibration_folds": [f.as_dict() for f in models.split.folds],
     }
 
 

@@ -174,6 +174,12 @@ def _fitted(engine: Any, when: Any, db: str | None, scorer: str, *, use_cache: b
     return fitted
 
 
+def _distribution_row(table: Table, method: str, forecast: str, summary: Any) -> None:
+    """A row of the forecast table for a simulated distribution: P10, P90 and P(>= target)."""
+    vs_target = "" if summary.p_target is None else f"P(>= target) {_pct(summary.p_target)}"
+    table.add_row(method, forecast, _money(summary.p10), _money(summary.p90), vs_target)
+
+
 def _print_forecast(fc: Any) -> None:
     console = Console(width=160)
     d = fc.pipecast
@@ -181,22 +187,9 @@ def _print_forecast(fc: Any) -> None:
         f"{fc.quarter} forecast, {fc.scope}, as of {fc.as_of[:10]} "
         f"(won so far {_money(fc.won_so_far)}, target {_money(fc.target)})"
     ))  # fmt: skip
-    p_t = "" if d.p_target is None else f"P(>= target) {_pct(d.p_target)}"
-    head.add_row(
-        "pipecast P50 (mean)",
-        f"{_money(d.p50)} ({_money(d.mean)})",
-        _money(d.p10),
-        _money(d.p90),
-        p_t,
-    )
+    _distribution_row(head, "pipecast P50 (mean)", f"{_money(d.p50)} ({_money(d.mean)})", d)
     ind = fc.independent_stage_sim
-    head.add_row(
-        "independent coin flips P50",
-        _money(ind.p50),
-        _money(ind.p10),
-        _money(ind.p90),
-        "" if ind.p_target is None else f"P(>= target) {_pct(ind.p_target)}",
-    )
+    _distribution_row(head, "independent coin flips P50", _money(ind.p50), ind)
     for name, value in fc.rules.items():
         share = "" if (value is None or not fc.target) else f"{value / fc.target:.0%} of target"
         head.add_row(name.replace("_", " "), _money(value), "", "", share)

@@ -47,6 +47,8 @@ AsOfOption = Annotated[
     str, typer.Option("--as-of", help="date (YYYY-MM-DD, end of that day) or timestamp")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
+OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
 
 # C0 and C1 control characters and DEL, except newline and tab: an ESC in a deal name must not
 # recolour, move the cursor of or retitle the user's terminal.
@@ -138,6 +140,14 @@ def date_progress(label: str, *, disable: bool = False) -> Iterator[Callable[[in
             bar.update(task, completed=done, total=total)
 
         yield tick
+
+
+def money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def safe_text(value: object) -> str:

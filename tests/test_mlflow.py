@@ -30,6 +30,7 @@ from features.settings import get_settings
 from features.synthetic.generator import GeneratedData, generate, write_dataset
 from serving.api.launch import free_port
 from serving.cli import app
+from tests.served import FAST
 from training import make_config
 from training.errors import PromotionRefused
 from training.tracking import (
@@ -47,10 +48,6 @@ from training.tracking import (
 from training.train import TrainingResult, train
 
 CFG = load_stage_config()
-FAST: dict[str, Any] = {
-    "win": {"n_estimators": 40, "learning_rate": 0.1},
-    "slip": {"n_estimators": 40, "learning_rate": 0.1},
-}
 # Deliberately worse: one tiny tree each.
 WORSE: dict[str, Any] = {
     "win": {"n_estimators": 1, "num_leaves": 2},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,9 @@ from features.data.stages import load_stage_config
 from features.data.store import Store
 from features.settings import get_settings
 from features.synthetic.generator import GeneratedData, generate, write_dataset
+from serving.api.launch import free_port
 from serving.cli import app
+from tests.served import FAST
 from training import make_config
 from training.errors import PromotionRefused
 from training.tracking import (
@@ -47,10 +48,6 @@ from training.tracking import (
 from training.train import TrainingResult, train
 
 CFG = load_stage_config()
-FAST: dict[str, Any] = {
-    "win": {"n_estimators": 40, "learning_rate": 0.1},
-    "slip": {"n_estimators": 40, "learning_rate": 0.1},
-}
 # Deliberately worse: one tiny tree each.
 WORSE: dict[str, Any] = {
     "win": {"n_estimators": 1, "num_leaves": 2},
@@ -216,16 +213,10 @@ def test_minimum_data_refusal_and_fallback_scoring(store: TrackingTarget, tmp_pa
     assert body["model_versions"] == {WIN_MODEL: None, SLIP_MODEL: None}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(tmp_path: Path):
     """A real ``mlflow server`` on loopback with its own SQLite store and artifact folder."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "mlflow", "server",

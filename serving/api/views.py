@@ -56,7 +56,7 @@ def check_scope_exists(snap: Snapshot, *, team: str | None, owner: str | None) -
         raise NotFoundError(f"unknown owner {owner!r}")
 
 
-def scope(
+def _owner_team(
     caller: Caller, snap: Snapshot, *, team: str | None, owner: str | None
 ) -> tuple[str | None, str | None]:
     """The (owner, team) filter of a request: 404 for a team or rep never seen, 403 for one
@@ -69,6 +69,39 @@ def scope(
         if not ((deals["owner"] == owner) & (deals["team"] == caller.team)).any():
             raise ForbiddenError(f"a manager key may only see its own team ({caller.team})")
     return owner, team
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The owner / team filter and the as-of date of a request, as the caller may see them."""
+
+    owner: str | None
+    team: str | None
+    as_of: pd.Timestamp
+
+    @property
+    def label(self) -> str:
+        return self.owner or self.team or "company"
+
+    @property
+    def as_of_day(self) -> str:
+        return self.as_of.date().isoformat()
+
+
+def request_scope(
+    caller: Caller,
+    snap: Snapshot,
+    *,
+    team: str | None,
+    owner: str | None,
+    as_of: AsOf,
+    quarter: str | None = None,
+) -> Scope:
+    """The scope of an API request or a page: the caller's owner / team filter (checked first),
+    then the as-of date (:func:`resolve_as_of`, or :func:`forecast_as_of` with a ``quarter``)."""
+    owner, team = _owner_team(caller, snap, team=team, owner=owner)
+    when = resolve_as_of(as_of, snap) if quarter is None else forecast_as_of(snap, quarter, as_of)
+    return Scope(owner=owner, team=team, as_of=when)
 
 
 def metrics(

@@ -36,7 +36,6 @@ def audit(
 ) -> None:
     """Leakage audit: history coverage, events after the close, signals that know the outcome."""
     import pandas as pd
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from features.signals.audit import audit as run_audit
 
@@ -45,18 +44,7 @@ def audit(
     except ValueError as err:
         raise InputError(f"--freq: {err}") from None
     ctx = cli_common.open_context(db, stages)
-    with Progress(
-        TextColumn("auditing snapshot dates"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        transient=True,
-        disable=as_json,
-    ) as bar:
-        task = bar.add_task("dates", total=None)
-
-        def tick(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with cli_common.date_progress("auditing snapshot dates", disable=as_json) as tick:
         report = run_audit(
             ctx.tables,
             ctx.stages,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -45,6 +47,8 @@ AsOfOption = Annotated[
     str, typer.Option("--as-of", help="date (YYYY-MM-DD, end of that day) or timestamp")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
+OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
 
 # C0 and C1 control characters and DEL, except newline and tab: an ESC in a deal name must not
 # recolour, move the cursor of or retitle the user's terminal.
@@ -121,6 +125,31 @@ def open_context(db: str | None, stages: str | None) -> Context:
 
 
 # --- output -------------------------------------------------------------------------------------
+@contextmanager
+def date_progress(label: str, *, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A transient "done of total" bar over snapshot dates; yields the ``progress(done, total)``
+    callback that moves it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), transient=True, disable=disable
+    ) as bar:
+        task = bar.add_task("dates", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield tick
+
+
+def money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def safe_text(value: object) -> str:
     """Text for the terminal: control characters shown as escapes (``\\x1b``), never sent raw."""
     text = value if isinstance(value, str) else str(value)

@@ -18,10 +18,16 @@ from rich.table import Table
 
 from features.settings import DEFAULT_DB
 from serving.cli import common as cli_common
-from serving.cli.common import DbOption, JsonOption, StagesOption
+from serving.cli.common import (
+    DbOption,
+    JsonOption,
+    OwnerOption,
+    StagesOption,
+    TeamOption,
+    money,
+    pct,
+)
 
-TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
-OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
 PlotOption = Annotated[Path | None, typer.Option("--plot", help="write a PNG chart here")]
 ScenariosOption = Annotated[int, typer.Option("--scenarios", min=200, help="Monte Carlo scenarios")]
 SeedOption = Annotated[int, typer.Option("--seed", help="seed of sampling and simulation")]
@@ -44,14 +50,6 @@ def _factory(scorer: str) -> Any:
     if scorer == "stage-history":
         return fit_stage_history
     raise InputError(f"--scorer: {scorer!r} is not one of 'models', 'stage-history'")
-
-
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
 
 
 def _forecast_as_of(quarter: str, as_of: str | None, tables: Any) -> Any:
@@ -174,34 +172,27 @@ def _fitted(engine: Any, when: Any, db: str | None, scorer: str, *, use_cache: b
     return fitted
 
 
+def _distribution_row(table: Table, method: str, forecast: str, summary: Any) -> None:
+    """A row of the forecast table for a simulated distribution: P10, P90 and P(>= target)."""
+    vs_target = "" if summary.p_target is None else f"P(>= target) {pct(summary.p_target)}"
+    table.add_row(method, forecast, money(summary.p10), money(summary.p90), vs_target)
+
+
 def _print_forecast(fc: Any) -> None:
     console = Console(width=160)
     d = fc.pipecast
     head = Table("method", "forecast", "P10", "P90", "vs target", title=(
         f"{fc.quarter} forecast, {fc.scope}, as of {fc.as_of[:10]} "
-        f"(won so far {_money(fc.won_so_far)}, target {_money(fc.target)})"
+        f"(won so far {money(fc.won_so_far)}, target {money(fc.target)})"
     ))  # fmt: skip
-    p_t = "" if d.p_target is None else f"P(>= target) {_pct(d.p_target)}"
-    head.add_row(
-        "pipecast P50 (mean)",
-        f"{_money(d.p50)} ({_money(d.mean)})",
-        _money(d.p10),
-        _money(d.p90),
-        p_t,
-    )
+    _distribution_row(head, "pipecast P50 (mean)", f"{money(d.p50)} ({money(d.mean)})", d)
     ind = fc.independent_stage_sim
-    head.add_row(
-        "independent coin flips P50",
-        _money(ind.p50),
-        _money(ind.p10),
-        _money(ind.p90),
-        "" if ind.p_target is None else f"P(>= target) {_pct(ind.p_target)}",
-    )
+    _distribution_row(head, "independent coin flips P50", money(ind.p50), ind)
     for name, value in fc.rules.items():
         share = "" if (value is None or not fc.target) else f"{value / fc.target:.0%} of target"
-        head.add_row(name.replace("_", " "), _money(value), "", "", share)
+        head.add_row(name.replace("_", " "), money(value), "", "", share)
     if fc.actual is not None:
-        head.add_row("actual", _money(fc.actual), "", "", "")
+        head.add_row("actual", money(fc.actual), "", "", "")
     console.print(head)
     if fc.drivers:
         t = Table(
@@ -221,20 +212,20 @@ def _print_forecast(fc: Any) -> None:
                 x.deal_id,
                 x.owner,
                 x.stage or "?",
-                _money(x.amount),
+                money(x.amount),
                 x.expected_close_date or "-",
-                _pct(x.p_won_this_quarter),
-                _money(x.p50_if_won),
-                _money(x.p50_if_not),
-                _money(x.swing),
+                pct(x.p_won_this_quarter),
+                money(x.p50_if_won),
+                money(x.p50_if_not),
+                money(x.swing),
             )
         console.print(t)
     if fc.pulled_in is not None:
         p = fc.pulled_in
         console.print(
             f"If the {fc.pulled_in_deals} deals the reps expect this quarter all closed in time "
-            f"when they win: P10 {_money(p.p10)}, P50 {_money(p.p50)}, P90 {_money(p.p90)} "
-            f"(P50 {_money(p.p50 - d.p50)} more)."
+            f"when they win: P10 {money(p.p10)}, P50 {money(p.p50)}, P90 {money(p.p90)} "
+            f"(P50 {money(p.p50 - d.p50)} more)."
         )
     if fc.top_deals:
         t = Table(
@@ -252,9 +243,9 @@ def _print_forecast(fc: Any) -> None:
                     rep if i == 0 else "",
                     str(x["deal_id"]),
                     str(x["stage"]),
-                    _money(x["amount"]),
+                    money(x["amount"]),
                     str(x["expected_close_date"] or "-")[:10],
-                    _pct(x["p_won_in_quarter"]),
+                    pct(x["p_won_in_quarter"]),
                 )
         console.print(t)
     diag = fc.model["diagnostics"]
@@ -360,15 +351,15 @@ def _print_backtest(result: Any) -> None:
     for m in methods:
         t.add_row(
             m,
-            *[_pct(s["median_abs_pct_error"][str(w)][m]) for w in s["weeks"]],
-            _money(s["mean_crps"].get(m)),
+            *[pct(s["median_abs_pct_error"][str(w)][m]) for w in s["weeks"]],
+            money(s["mean_crps"].get(m)),
         )
     console.print(t)
     console.print(
-        f"pipecast P10-P90 held the actual in {_pct(s['coverage_p10_p90'])} of "
+        f"pipecast P10-P90 held the actual in {pct(s['coverage_p10_p90'])} of "
         f"{s['quarter_weeks']} quarter-weeks (independent coin flips: "
-        f"{_pct(s['coverage_p10_p90_independent'])}); CRPS vs independent "
-        f"{_pct(s['crps_vs_independent'])}"
+        f"{pct(s['coverage_p10_p90_independent'])}); CRPS vs independent "
+        f"{pct(s['crps_vs_independent'])}"
     )
 
 

@@ -14,18 +14,17 @@ from rich.table import Table
 
 from features.errors import InputError
 from serving.cli import common as cli_common
-from serving.cli.common import AsOfOption, DbOption, JsonOption, StagesOption, console
-
-TeamOption = Annotated[str | None, typer.Option("--team", help="limit to one sales team")]
-OwnerOption = Annotated[str | None, typer.Option("--owner", help="limit to one rep")]
-
-
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
+from serving.cli.common import (
+    AsOfOption,
+    DbOption,
+    JsonOption,
+    OwnerOption,
+    StagesOption,
+    TeamOption,
+    console,
+    money,
+    pct,
+)
 
 
 def _num(value: float | None, fmt: str = ".0f") -> str:
@@ -60,33 +59,33 @@ def _print_metrics(m: Any) -> None:
     rows = [
         (
             "open pipeline",
-            f"{_money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)",
+            f"{money(m.open_pipeline.value)} ({m.open_pipeline.count} deals)",
             _unknown(m.open_pipeline.amount_unknown),
         ),
         (
             f"closing {m.quarter}",
-            f"{_money(m.closing_this_quarter.value)} ({m.closing_this_quarter.count} deals)",
+            f"{money(m.closing_this_quarter.value)} ({m.closing_this_quarter.count} deals)",
             _notes(
                 _unknown(m.closing_this_quarter.amount_unknown),
                 _unknown(cov.close_date_unknown, "close date (open, not counted)"),
             ),
         ),
-        ("target", _money(cov.target), cov.target_scope or ""),
+        ("target", money(cov.target), cov.target_scope or ""),
         ("coverage", f"{_num(cov.ratio, '.2f')}x", cov.band),
-        ("won this quarter", _money(cov.won_this_quarter), _unknown(cov.won_amount_unknown)),
+        ("won this quarter", money(cov.won_this_quarter), _unknown(cov.won_amount_unknown)),
         (
             "weighted pipeline (all open)",
-            _money(w.all_open),
+            money(w.all_open),
             _notes(f"{w.unknown_stage_count} with unknown stage", _unknown(w.unknown_amount_count)),
         ),
         (
             f"weighted closing {m.quarter}",
-            _money(w.closing_this_quarter),
+            money(w.closing_this_quarter),
             f"{_num(w.ratio_to_target, '.2f')}x target, {w.band}",
         ),
         (
             "new pipeline this quarter",
-            f"{_money(m.new_pipeline.value)} ({m.new_pipeline.count} deals)",
+            f"{money(m.new_pipeline.value)} ({m.new_pipeline.count} deals)",
             _unknown(m.new_pipeline.amount_unknown),
         ),
         (
@@ -96,19 +95,19 @@ def _print_metrics(m: Any) -> None:
         ),
         (
             "win rate",
-            _pct(m.win_rate.rate),
+            pct(m.win_rate.rate),
             f"{m.win_rate.numerator}/{m.win_rate.denominator} closed "
             f"{m.win_rate.window.first_day}..{m.win_rate.window.last_day}",
         ),
         (
             "opportunity-to-customer",
-            _pct(m.opportunity_to_customer.rate),
+            pct(m.opportunity_to_customer.rate),
             m.opportunity_to_customer.note,
         ),
         ("lead-to-opportunity", "unavailable", m.lead_to_opportunity.reason),
         (
             "average deal size",
-            _money(m.average_deal_size.average),
+            money(m.average_deal_size.average),
             _notes(
                 f"{m.average_deal_size.won_count} won",
                 _unknown(m.average_deal_size.amount_unknown),
@@ -128,7 +127,7 @@ def _print_metrics(m: Any) -> None:
         ("funnel projection", m.funnel.text, ""),
         (
             "historical conversion forecast",
-            _money(m.historical_forecast.forecast),
+            money(m.historical_forecast.forecast),
             m.historical_forecast.text,
         ),
     ]
@@ -151,10 +150,10 @@ def _print_metrics(m: Any) -> None:
     for c, t, f in zip(m.stage_conversion, m.time_in_stage, m.funnel.stages, strict=True):
         stages.add_row(
             c.label,
-            _pct(c.rate),
+            pct(c.rate),
             f"{c.converted}/{c.decided}",
             str(f.open_count),
-            _money(f.open_value),
+            money(f.open_value),
             _num(t.open_median_days),
             _num(t.norm_days),
             str(t.open_outliers),
@@ -164,7 +163,7 @@ def _print_metrics(m: Any) -> None:
     if m.loss_reasons:
         losses = Table("loss reason", "deals", "value", "share", title="Loss reasons")
         for r in m.loss_reasons:
-            losses.add_row(r.reason, str(r.count), _money(r.value), _pct(r.share))
+            losses.add_row(r.reason, str(r.count), money(r.value), pct(r.share))
         out.print(losses)
 
 
@@ -296,7 +295,7 @@ def review(
             d.deal_id,
             d.owner,
             d.stage_label or "unknown",
-            _money(d.amount),
+            money(d.amount),
             str(d.expected_close_date or "-"),
             d.forecast_category or "-",
             changes or "-",

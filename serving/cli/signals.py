@@ -144,8 +144,6 @@ def snapshots(
     stages: StagesOption = None,
 ) -> None:
     """Write labelled training snapshots (open deals at each date, signals and outcomes)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from features.signals.snapshots import build_snapshots
 
     start_ts = cli_common.parse_time(start, "--start")
@@ -158,14 +156,7 @@ def snapshots(
         raise InputError(f"--freq: {err}") from None
     out = output_file(out, "--out")
     ctx = cli_common.open_context(db, stages)
-    with Progress(
-        TextColumn("snapshot dates"), BarColumn(), MofNCompleteColumn(), transient=True
-    ) as bar:
-        task = bar.add_task("dates", total=None)
-
-        def tick(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with cli_common.date_progress("snapshot dates") as tick:
         frame = build_snapshots(
             ctx.tables,
             ctx.stages,

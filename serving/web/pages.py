@@ -118,28 +118,17 @@ def guarded(request: Request, caller: Caller, build: Callable[[], HTMLResponse])
 
 
 # --- scope --------------------------------------------------------------------------------------
-class Scope:
-    """The team / owner / as-of a page shows, as the caller may see it."""
-
-    def __init__(
-        self,
-        caller: Caller,
-        snap: Snapshot,
-        team: str | None,
-        owner: str | None,
-        as_of: str | None,
-    ) -> None:
-        team, owner = (team or None), (owner or None)
-        self.owner, self.team = views.scope(caller, snap, team=team, owner=owner)
-        self.as_of = views.resolve_as_of(as_of or None, snap)
-        self.as_of_day = self.as_of.date().isoformat()
-
-    @property
-    def label(self) -> str:
-        return self.owner or self.team or "company"
+def page_scope(
+    caller: Caller, snap: Snapshot, team: str | None, owner: str | None, as_of: str | None
+) -> views.Scope:
+    """The team / owner / as-of a page shows, as the caller may see it; the scope form sends an
+    empty field (``?team=``) for "all", which means no filter here."""
+    return views.request_scope(
+        caller, snap, team=team or None, owner=owner or None, as_of=as_of or None
+    )
 
 
-def choices(caller: Caller, snap: Snapshot, scope: Scope) -> dict[str, list[str]]:
+def choices(caller: Caller, snap: Snapshot, scope: views.Scope) -> dict[str, list[str]]:
     """Teams and reps the caller may pick (a manager: the reps of their team)."""
     deals = snap.tables.deals
     visible = deals if caller.role is Role.REVOPS else deals[deals["team"] == caller.team]
@@ -201,7 +190,7 @@ def forecast_page(
         snap = state.store.current()
         served = state.models.current()
         settings = request.app.state.settings
-        scope = Scope(caller, snap, team, owner, as_of)
+        scope = page_scope(caller, snap, team, owner, as_of)
         fc, _ = views.forecast(
             state, snap, served, settings, caller, scope.as_of, team=scope.team, owner=scope.owner
         )
@@ -237,7 +226,7 @@ def pipeline_page(
 ) -> HTMLResponse:
     def build() -> HTMLResponse:
         snap = state.store.current()
-        scope = Scope(caller, snap, team, owner, as_of)
+        scope = page_scope(caller, snap, team, owner, as_of)
         m = views.metrics(state, snap, scope.as_of, team=scope.team, owner=scope.owner)
         review = views.review(state, snap, scope.as_of, team=scope.team, owner=scope.owner)
         chart = state.results.get_or_compute(
@@ -283,7 +272,7 @@ def deals_page(
     def build() -> HTMLResponse:
         snap = state.store.current()
         served = state.models.current()
-        scope = Scope(caller, snap, team, owner, as_of)
+        scope = page_scope(caller, snap, team, owner, as_of)
         frame = views.scores(state, snap, served, scope.as_of, team=scope.team, owner=scope.owner)
         shown = max(1, min(limit, 10_000))
         rows = views.records(frame.head(shown))

@@ -161,10 +161,9 @@ def deal_scores(
     owner: OwnerQuery = None,
     limit: Annotated[int | None, Query(ge=1, le=10_000, description="top N deals")] = None,
 ) -> DealScores:
-    owner, team = views.scope(caller, snap, team=team, owner=owner)
-    when = views.resolve_as_of(as_of, snap)
-    frame = views.scores(state, snap, served, when, team=team, owner=owner)
-    return _scores_body(frame, when, limit)
+    scope = views.request_scope(caller, snap, team=team, owner=owner, as_of=as_of)
+    frame = views.scores(state, snap, served, scope.as_of, team=scope.team, owner=scope.owner)
+    return _scores_body(frame, scope.as_of, limit)
 
 
 DealIdPath = Annotated[str, Path(min_length=1, max_length=200, description="CRM deal id")]

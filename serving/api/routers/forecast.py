@@ -121,8 +121,9 @@ def forecast(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> dict[str, Any]:
-    owner, team = views.scope(caller, snap, team=team, owner=owner)
-    when = views.forecast_as_of(snap, quarter, as_of)
-    body, hit = views.forecast(state, snap, served, settings, caller, when, team=team, owner=owner)
+    scope = views.request_scope(caller, snap, team=team, owner=owner, as_of=as_of, quarter=quarter)
+    body, hit = views.forecast(
+        state, snap, served, settings, caller, scope.as_of, team=scope.team, owner=scope.owner
+    )
     response.headers["X-Pipecast-Cache"] = "hit" if hit else "miss"
     return body

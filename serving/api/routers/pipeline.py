@@ -39,9 +39,8 @@ def metrics(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> PipelineMetrics:
-    owner, team = views.scope(caller, snap, team=team, owner=owner)
-    when = views.resolve_as_of(as_of, snap)
-    return views.metrics(state, snap, when, team=team, owner=owner)
+    scope = views.request_scope(caller, snap, team=team, owner=owner, as_of=as_of)
+    return views.metrics(state, snap, scope.as_of, team=scope.team, owner=scope.owner)
 
 
 @router.get(
@@ -57,10 +56,9 @@ def hygiene(
     team: TeamQuery = None,
     owner: OwnerQuery = None,
 ) -> HygieneReport:
-    owner, team = views.scope(caller, snap, team=team, owner=owner)
-    when = views.resolve_as_of(as_of, snap)
-    flags, outliers = views.hygiene(state, snap, when, team=team, owner=owner)
-    return HygieneReport(as_of=when.to_pydatetime(), flags=flags, stage_outliers=outliers)
+    scope = views.request_scope(caller, snap, team=team, owner=owner, as_of=as_of)
+    flags, outliers = views.hygiene(state, snap, scope.as_of, team=scope.team, owner=scope.owner)
+    return HygieneReport(as_of=scope.as_of.to_pydatetime(), flags=flags, stage_outliers=outliers)
 
 
 @router.get(
@@ -78,6 +76,13 @@ def review(
     min_amount: Annotated[float | None, Query(ge=0, description="smallest deal to review")] = None,
     sort: Annotated[Literal["amount", "expected_close"], Query()] = "amount",
 ) -> ReviewPack:
-    owner, team = views.scope(caller, snap, team=team, owner=owner)
-    when = views.resolve_as_of(as_of, snap)
-    return views.review(state, snap, when, team=team, owner=owner, min_amount=min_amount, sort=sort)
+    scope = views.request_scope(caller, snap, team=team, owner=owner, as_of=as_of)
+    return views.review(
+        state,
+        snap,
+        scope.as_of,
+        team=scope.team,
+        owner=scope.owner,
+        min_amount=min_amount,
+        sort=sort,
+    )

@@ -7,8 +7,9 @@ peak RSS, read with os.wait4):
 - ``baseline``: a plain, untuned ``lightgbm.LGBMClassifier()`` (100 trees, 2 threads) fitted on
   the same encoded rows with the data-end labels: what "just run LightGBM" costs;
 - ``pipecast``: :func:`training.fitting.fit_on_rows` with the default recipe: labels at the
-  cut-off with censoring weights, the win model (800 trees) and its calibration, the slip model
-  on (snapshot, horizon) pairs and its calibration.
+  cut-off with censoring weights, the win model (800 trees) fitted on every row and once more
+  before each of the three calibration folds (its out-of-time calibration), the slip model the
+  same way on (snapshot, horizon) pairs.
 
 The ratio pipecast / baseline is what the recipe costs over a bare model on the same rows.
 

@@ -7,6 +7,7 @@ added to the part on one side and to the whole store on the other (the reference
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pandas as pd
@@ -14,8 +15,8 @@ import pytest
 
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
-from features.signals import compute_signals
-from features.signals.perdeal import DealRows, StoreFacts, deal_signals
+from features.signals import compute_signals, registry
+from features.signals.perdeal import DealRows, StoreFacts, deal_signals, part_signals
 from serving.api.whatif import apply_changes
 from tests import factory
 
@@ -52,11 +53,24 @@ def _reference(
 
 
 def _per_deal(
-    tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, changes: list[dict]
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    changes: list[dict],
+    *,
+    from_base: bool = False,
 ) -> pd.DataFrame:
+    """The changed deals' signals from their own rows; ``from_base``: as the what-if endpoint
+    computes them, from the same deals' signals without the changes (only what changed is
+    recomputed)."""
     rows, facts = DealRows.of(tables), StoreFacts.of(tables, as_of, stages)
-    part = apply_changes(rows.part(c["deal_id"] for c in changes), changes, as_of)
-    return deal_signals(part, facts, stages).reset_index(drop=True)
+    ids = [c["deal_id"] for c in changes]
+    if not from_base:
+        part = apply_changes(rows.part(ids), changes, as_of)
+        return deal_signals(part, facts, stages).reset_index(drop=True)
+    base = part_signals(rows.part(ids), facts, stages)
+    part = apply_changes(base.part, changes, as_of)
+    return part_signals(part, facts, stages, base=base).signals.reset_index(drop=True)
 
 
 def _open_ids(tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp) -> list[str]:
@@ -80,19 +94,69 @@ def test_every_open_deal_alone_equals_the_whole_store(
         pd.testing.assert_frame_equal(alone, full.loc[[deal_id]])
 
 
+@pytest.mark.parametrize("from_base", [False, True], ids=["afresh", "from-base"])
 @pytest.mark.parametrize("kind", list(CHANGES))
 @pytest.mark.parametrize("when", DATES)
 def test_what_if_changes_give_the_same_signals_as_the_whole_store(
-    generated_tables: CanonicalTables, cfg: StageConfig, kind: str, when: str
+    generated_tables: CanonicalTables, cfg: StageConfig, kind: str, when: str, from_base: bool
 ) -> None:
     as_of = pd.Timestamp(when)
     ids = _open_ids(generated_tables, cfg, as_of)
     picked = ids[:: max(1, len(ids) // 5)][:5]
     changes = [{"deal_id": d, **CHANGES[kind]} for d in picked]
     pd.testing.assert_frame_equal(
-        _per_deal(generated_tables, cfg, as_of, changes),
+        _per_deal(generated_tables, cfg, as_of, changes, from_base=from_base),
         _reference(generated_tables, cfg, as_of, changes),
     )
+
+
+def _reads(name: str, table: str) -> bool:
+    """Whether registry node ``name`` reads ``table`` (or the state column), directly or not."""
+    if name == table:
+        return True
+    fn = registry.NODES.get(registry.EXTRACTED.get(name, name))
+    return fn is not None and any(
+        _reads(p, table) for p in inspect.signature(fn).parameters if p != name
+    )
+
+
+def test_a_what_if_from_its_base_recomputes_only_what_the_change_reaches(
+    generated_tables: CanonicalTables, cfg: StageConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Added stakeholders reach the stakeholder signals only: the states are reused and no
+    stage, activity or track-record node runs again; an amount change rebuilds the states."""
+    as_of = pd.Timestamp(DATES[1])
+    deal_id = _open_ids(generated_tables, cfg, as_of)[0]
+    rows, facts = DealRows.of(generated_tables), StoreFacts.of(generated_tables, as_of, cfg)
+    base = part_signals(rows.part([deal_id]), facts, cfg)
+    ran: list[str] = []
+    for name, fn in list(registry.NODES.items()):
+
+        def spy(*args: Any, __fn: Any = fn, __name: str = name, **kw: Any) -> Any:
+            ran.append(__name)
+            return __fn(*args, **kw)
+
+        spy.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+        monkeypatch.setitem(registry.NODES, name, spy)
+    monkeypatch.setattr(registry, "_params", lambda fn: tuple(inspect.signature(fn).parameters))
+
+    people = [{"deal_id": deal_id, "add_stakeholders": ["champion"]}]
+    part = apply_changes(base.part, people, as_of)
+    part_signals(part, facts, cfg)
+    afresh = set(ran)
+    ran.clear()
+    got = part_signals(part, facts, cfg, base=base)
+    assert got.states is base.states
+    assert set(ran) == {name for name in afresh if _reads(name, "stakeholders")}
+    assert len(ran) < len(afresh) / 3, (len(ran), len(afresh))
+    assert got.signals["n_stakeholders"].iloc[0] == base.signals["n_stakeholders"].iloc[0] + 1
+
+    ran.clear()
+    amount = [{"deal_id": deal_id, "amount": 123_456.0}]
+    got = part_signals(apply_changes(base.part, amount, as_of), facts, cfg, base=base)
+    assert got.states is not base.states
+    assert got.signals["amount"].iloc[0] == 123_456.0
+    assert "n_stakeholders" not in ran
 
 
 def test_a_change_to_an_untracked_field_starts_its_tracking_as_in_the_store(

@@ -41,7 +41,7 @@ from training.errors import LeakageError
 from training.evaluation import scores
 from training.explain import render
 from training.features import SnapshotEncoder, custom_stage_orders
-from training.models import SlipModel, WinModel
+from training.models import HORIZON, SlipModel, WinModel
 from training.oracle import Oracle
 
 CFG = load_stage_config()
@@ -270,6 +270,47 @@ def test_estimator_contract(rows: pd.DataFrame) -> None:
     contrib = model.contributions(rows.head(50))
     np.testing.assert_allclose(
         contrib.sum(axis=1), model.decision_function(rows.head(50)), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("model_class", [WinModel, SlipModel])
+def test_scores_equal_what_lightgbm_reads_from_the_encoded_frame(
+    rows: pd.DataFrame, model_class: type
+) -> None:
+    """Models predict from :meth:`SnapshotEncoder.transform_matrix` (no frame for LightGBM to
+    convert); the numbers equal LightGBM's own conversion of :meth:`transform`'s frame, with
+    categories unseen at fit, missing values, masked custom columns and date columns."""
+    sample = rows.sample(400, random_state=3).reset_index(drop=True)
+    sample[HORIZON] = np.resize([7.0, 45.0, 200.0], len(sample))
+    y = (pd.to_numeric(sample["stage_order"]) >= 3).to_numpy().astype(int)
+    model = model_class(
+        n_estimators=30, min_child_samples=20, known_from_stage=custom_stage_orders(CFG)
+    ).fit(sample, y)
+    assert model.encoder_.date_columns_ and model.encoder_.categories_
+    odd = sample.copy()
+    cats = list(model.encoder_.categories_)
+    odd.loc[::3, cats[0]] = "a value never seen at fit"
+    odd.loc[1::3, cats[-1]] = None
+    odd.loc[::4, "amount"] = np.nan
+    frame = model._encode(odd)
+    assert (frame.dtypes == "category").sum() == len(cats)
+    # LightGBM's conversion of the frame: category codes, -1 (missing) as NaN, then floats
+    as_read = frame.apply(
+        lambda c: c.cat.codes.replace(-1, np.nan) if isinstance(c.dtype, pd.CategoricalDtype) else c
+    ).to_numpy(dtype="float64")
+    masked = odd["stage_order"] < 2  # custom_decision_criteria is asked for from stage 2 on
+    assert (
+        masked.any()
+        and np.isnan(
+            as_read[masked.to_numpy(), frame.columns.get_loc("custom_decision_criteria")]
+        ).all()
+    )
+    np.testing.assert_array_equal(model._matrix(odd), as_read)
+    np.testing.assert_array_equal(
+        model.decision_function(odd), model.model_.predict(frame, raw_score=True)
+    )
+    np.testing.assert_array_equal(
+        model.contributions(odd).to_numpy(), model.model_.predict(frame, pred_contrib=True)
     )
 
 

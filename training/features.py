@@ -26,6 +26,7 @@ categorical column, which custom columns hold dates), so training and serving en
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -148,29 +149,63 @@ class SnapshotEncoder(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return self.transform_columns(X, self.feature_names_)
+
+    def transform_columns(self, X: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+        """:meth:`transform`'s columns ``names`` only (features all)."""
         check_is_fitted(self, "feature_names_")
         out: dict[str, Any] = {}
+        for n, values in self._columns(X, names):
+            out[n] = (
+                pd.Categorical.from_codes(values, dtype=_category_dtype(tuple(self.categories_[n])))
+                if n in self.categories_
+                else values
+            )
+        frame = pd.DataFrame(out, index=X.index)
+        for col, known in self._stage_masks(X, names):
+            frame[col] = frame[col].where(known)
+        return frame
+
+    def transform_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """:meth:`transform` as the float64 matrix LightGBM reads from that frame: a category is
+        its code, missing values (and unknown categories' code -1) NaN. The same numbers without
+        building the frame LightGBM would convert, which is most of scoring a single deal."""
+        check_is_fitted(self, "feature_names_")
+        out = np.empty((len(X), len(self.feature_names_)), dtype="float64")
+        for j, (n, values) in enumerate(self._columns(X, self.feature_names_)):
+            if n in self.categories_:
+                codes = np.asarray(values)
+                out[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                out[:, j] = np.asarray(values, dtype="float64")
+        for col, known in self._stage_masks(X, self.feature_names_):
+            j = self.feature_names_.index(col)
+            out[~known, j] = np.nan
+        return out
+
+    def _columns(self, X: pd.DataFrame, names: list[str]) -> Iterator[tuple[str, Any]]:
+        """Each feature's encoded values before the stage mask: category codes (-1: missing)
+        for categorical columns, float64 values for the others."""
         as_of = pd.to_datetime(X["as_of"]) if "as_of" in X.columns else None
-        for n in self.feature_names_:
+        for n in names:
             values = X[n] if n in X.columns else pd.Series(np.nan, index=X.index)
             if n in self.date_columns_:
-                out[n] = self._days_since(values, as_of)
+                yield n, self._days_since(values, as_of)
             elif n in self.categories_:
-                out[n] = self._category(n, values)
+                yield n, self._category_codes(n, values)
             elif values.dtype == np.float64:  # most signals already are: skip the parse
-                out[n] = values
+                yield n, values
             else:
-                out[n] = pd.to_numeric(values, errors="coerce").astype("float64")
-        frame = pd.DataFrame(out, index=X.index)
-        return self._mask_by_stage(frame, X)
+                yield n, pd.to_numeric(values, errors="coerce").astype("float64")
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "feature_names_")
         return np.asarray(self.feature_names_, dtype=object)
 
     # --- encodings ---------------------------------------------------------------------------
-    def _category(self, name: str, values: pd.Series) -> pd.Categorical:
-        """Values as text, coded by the categories seen at fit; unseen ones as ``(other)``.
+    def _category_codes(self, name: str, values: pd.Series) -> np.ndarray:
+        """Values as text, coded by the categories seen at fit (-1: missing); unseen ones as
+        ``(other)``.
 
         Coded by hand rather than with ``pd.Categorical(values, categories=...)``: that built
         and checked the categories on every call, a third of scoring one deal."""
@@ -179,8 +214,10 @@ class SnapshotEncoder(TransformerMixin, BaseEstimator):
         other = len(cats) - 1
         raw = values.to_numpy(dtype=object)
         missing = pd.isna(raw)
-        codes = [-1 if m else code.get(str(v), other) for v, m in zip(raw, missing, strict=True)]
-        return pd.Categorical.from_codes(codes, dtype=_category_dtype(tuple(cats)))
+        return np.array(
+            [-1 if m else code.get(str(v), other) for v, m in zip(raw, missing, strict=True)],
+            dtype=np.int64,
+        )
 
     @staticmethod
     def _days_since(values: pd.Series, as_of: pd.Series | None) -> pd.Series:
@@ -190,13 +227,13 @@ class SnapshotEncoder(TransformerMixin, BaseEstimator):
         days = (as_of.dt.normalize() - when.dt.normalize()).dt.days.astype("float64")
         return days.where(days >= 0)  # a date after as-of had not happened yet
 
-    def _mask_by_stage(self, frame: pd.DataFrame, X: pd.DataFrame) -> pd.DataFrame:
+    def _stage_masks(self, X: pd.DataFrame, names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """Per custom column required from a stage on: which rows are at that stage or later
+        (an unknown stage, a deals-only import, leaves the value's age unknown too)."""
         orders = self.known_from_stage or {}
         if not orders or "stage_order" not in X.columns:
-            return frame
-        stage = pd.to_numeric(X["stage_order"], errors="coerce")
+            return
+        stage = pd.to_numeric(X["stage_order"], errors="coerce").to_numpy(dtype="float64")
         for col, order in orders.items():
-            if col in frame.columns:
-                # unknown stage (deals-only import): the value's age is unknown too
-                frame[col] = frame[col].where(stage >= order)
-        return frame
+            if col in names:
+                yield col, stage >= order

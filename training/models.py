@@ -142,10 +142,23 @@ class _Gbm(ClassifierMixin, BaseEstimator):
             encoded[col] = pd.to_numeric(X[col], errors="coerce").astype("float64").to_numpy()
         return encoded
 
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """:meth:`_encode` as the float matrix LightGBM converts that frame to (category codes,
+        NaN where missing; :meth:`SnapshotEncoder.transform_matrix`), given to the booster
+        directly: the same predictions without the frame and its conversion."""
+        matrix = self.encoder_.transform_matrix(X)
+        extra = []
+        for col in self._extra:
+            if col not in X.columns:
+                raise InputError(f"{type(self).__name__} needs a {col!r} column")
+            extra.append(pd.to_numeric(X[col], errors="coerce").astype("float64").to_numpy())
+        return np.column_stack([matrix, *extra]) if extra else matrix
+
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
         """Log-odds of a win (what Platt scaling calibrates)."""
         check_is_fitted(self, "model_")
-        return np.asarray(self.model_.predict(self._encode(X), raw_score=True), dtype="float64")
+        raw = self.model_.booster_.predict(self._matrix(X), raw_score=True)
+        return np.asarray(raw, dtype="float64")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         check_is_fitted(self, "model_")
@@ -159,7 +172,7 @@ class _Gbm(ClassifierMixin, BaseEstimator):
         """Per-row SHAP contributions (log-odds) per feature, plus ``bias``; rows sum to the
         log-odds of :meth:`decision_function`."""
         check_is_fitted(self, "model_")
-        values = self.model_.predict(self._encode(X), pred_contrib=True)
+        values = self.model_.booster_.predict(self._matrix(X), pred_contrib=True)
         return pd.DataFrame(
             np.asarray(values), columns=[*self.feature_names_, "bias"], index=X.index
         )

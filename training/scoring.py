@@ -199,7 +199,7 @@ def _reason_columns(models: FittedModels, rows: pd.DataFrame, stages: StageConfi
     # encoding the rows once more only costs (a fifth of a one-deal what-if).
     custom = [c for c in win.encoder_.feature_names_ if c.startswith("custom_")]
     if custom:
-        encoded = win.encoder_.transform(rows)
+        encoded = win.encoder_.transform_columns(rows, custom)
         for col in custom:
             values[col] = encoded[col].astype(object).to_numpy()
     up, down = explain_reasons(contrib, values, stages, dates=frozenset(win.encoder_.date_columns_))

@@ -43,7 +43,7 @@ from features.data.schema import TRACKED_FIELDS, CanonicalTables
 from features.data.stages import StageConfig
 from features.signals.events import codes, flag
 from features.signals.pointintime import custom_column_names, deal_states, known_column
-from features.signals.registry import SIGNALS, execute
+from features.signals.registry import SIGNALS, evaluate
 
 # Family modules register their signals on import; this order is the column order.
 # isort: off
@@ -140,6 +140,34 @@ def signals_of_states(
     ``given`` holds registry nodes already computed for these rows (by name), used instead of
     computing them from ``tables``: how :mod:`features.signals.perdeal` supplies what a deal
     reads of other deals when ``tables`` hold only a few deals."""
+    frame, _ = signals_and_nodes(
+        tables,
+        states,
+        stages,
+        custom=custom,
+        static_custom=static_custom,
+        cache=cache,
+        signals=signals,
+        given=given,
+    )
+    return frame
+
+
+def signals_and_nodes(
+    tables: CanonicalTables,
+    states: pd.DataFrame,
+    stages: StageConfig,
+    *,
+    custom: Iterable[str] = (),
+    static_custom: Iterable[str] = (),
+    cache: dict[str, Any] | None = None,
+    signals: Iterable[str] | None = None,
+    given: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`signals_of_states`, and every registry node it resolved; given those of an
+    earlier call as ``previous``, nodes whose inputs did not change are taken from it
+    (:func:`~features.signals.registry.evaluate`)."""
     deals = tables.deals
     fixed = custom_column_names(deals, static_custom)
     wanted = list(dict.fromkeys([*custom_column_names(deals, custom), *fixed]))
@@ -165,7 +193,7 @@ def signals_of_states(
     for col in _FLAGS:
         inputs[col] = flag(states[col].to_numpy())
     inputs.update(given or {})
-    values = execute(inputs, names, cache, row_inputs=ROW_INPUTS)
+    values = evaluate(inputs, names, cache, row_inputs=ROW_INPUTS, previous=previous)
     out: dict[str, Any] = {
         "deal_id": states["deal_id"].to_numpy(),
         "as_of": inputs["as_of"].to_numpy(),
@@ -178,7 +206,8 @@ def signals_of_states(
         )
     for col in wanted:
         out[col] = states[col].to_numpy()
-    return pd.DataFrame(out)  # at once: a column inserted at a time cost more for a few deals
+    # at once: a column inserted at a time cost more for a few deals
+    return pd.DataFrame(out), values
 
 
 def _events_of(deal_ids: pd.Series | None) -> Callable[[pd.DataFrame], pd.DataFrame]:

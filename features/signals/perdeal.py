@@ -46,10 +46,10 @@ import pandas as pd
 
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
-from features.signals.driver import signals_of_states
+from features.signals.driver import signals_and_nodes
 from features.signals.events import codes
 from features.signals.pointintime import custom_column_names, deal_states, tracked_since
-from features.signals.registry import execute
+from features.signals.registry import execute, same_value
 
 # Registry nodes that read other deals, and the state column that selects whose figures a row gets.
 RECORD_NODES: dict[str, str] = {"owner_record": "owner", "team_record": "team"}
@@ -196,16 +196,77 @@ def deal_signals(
     """:func:`~features.signals.driver.compute_signals` at ``facts.as_of`` of the deals in
     ``part`` (tables holding only their rows, see :meth:`DealRows.part`, rows added allowed as
     the module docstring says), with what they read of other deals taken from ``facts``."""
+    return part_signals(
+        part, facts, stages, open_only=open_only, custom=custom, static_custom=static_custom
+    ).signals
+
+
+@dataclass(frozen=True)
+class PartSignals:
+    """A part's signals (:func:`deal_signals`) with the states and registry nodes behind them:
+    the ``base`` of a later call on the same deals with rows added (a what-if)."""
+
+    part: CanonicalTables
+    facts: StoreFacts
+    options: tuple[Any, ...]  # open_only and the static custom columns: what states depend on
+    tracking: dict[str, pd.Timestamp]
+    states: pd.DataFrame
+    nodes: dict[str, Any]
+    signals: pd.DataFrame
+
+    def same_states(
+        self,
+        part: CanonicalTables,
+        facts: StoreFacts,
+        options: tuple[Any, ...],
+        tracking: dict[str, pd.Timestamp],
+    ) -> bool:
+        """Whether ``part`` rebuilds to this part's states: the same date, options, tracking
+        starts and rows of every table the states read."""
+        return (
+            facts is self.facts
+            and options == self.options
+            and tracking == self.tracking
+            and all(
+                same_value(getattr(part, name), getattr(self.part, name)) for name in STATE_TABLES
+            )
+        )
+
+
+# The tables deal_states reads (activities and stakeholders reach signals only).
+STATE_TABLES = ("deals", "stage_history", "field_history", "exchange_rates")
+
+
+def part_signals(
+    part: CanonicalTables,
+    facts: StoreFacts,
+    stages: StageConfig,
+    *,
+    open_only: bool = True,
+    custom: Iterable[str] = (),
+    static_custom: Iterable[str] = (),
+    base: PartSignals | None = None,
+) -> PartSignals:
+    """:func:`deal_signals`, kept with what produced it. With a ``base`` (this function's answer
+    for the same deals, typically without the rows a what-if adds), the states are reused when
+    the tables they read hold the same rows, and the registry recomputes only the nodes whose
+    inputs changed (:func:`~features.signals.registry.evaluate`): equal to computing afresh."""
     fixed = custom_column_names(part.deals, static_custom)
+    options = (open_only, tuple(fixed))
     since = facts.tracking(part)
-    states = deal_states(
-        part, facts.as_of, stages, open_only=open_only, static_custom=fixed, tracked=since
-    )
-    return signals_of_states(
+    if base is not None and base.same_states(part, facts, options, since):
+        states = base.states
+    else:
+        states = deal_states(
+            part, facts.as_of, stages, open_only=open_only, static_custom=fixed, tracked=since
+        )
+    signals, nodes = signals_and_nodes(
         part,
         states,
         stages,
         custom=custom,
         static_custom=fixed,
         given=facts.given(states, since, part),
+        previous=None if base is None else base.nodes,
     )
+    return PartSignals(part, facts, options, since, states, nodes, signals)

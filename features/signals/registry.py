@@ -7,12 +7,14 @@ Family modules (``stage``, ``activity``, ...) register their functions with the 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -77,6 +79,12 @@ def signal_group(
     return wrap
 
 
+@functools.cache
+def _params(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """A node function's parameter names: the nodes it reads."""
+    return tuple(inspect.signature(fn).parameters)
+
+
 def is_static(name: str, row_inputs: frozenset[str]) -> bool:
     """True for nodes that depend on the tables only (not on the rows): reusable across dates."""
     if name in row_inputs:
@@ -85,7 +93,7 @@ def is_static(name: str, row_inputs: frozenset[str]) -> bool:
         return is_static(EXTRACTED[name], row_inputs)
     if name not in NODES:
         return True
-    return all(is_static(p, row_inputs) for p in inspect.signature(NODES[name]).parameters)
+    return all(is_static(p, row_inputs) for p in _params(NODES[name]))
 
 
 def execute(
@@ -100,12 +108,53 @@ def execute(
     Table-level nodes (event indexes) are kept in ``static`` when given, so successive calls on
     the same tables for different dates build them once.
     """
+    values = evaluate(inputs, wanted, static, row_inputs=row_inputs)
+    return {name: values[name] for name in wanted}
+
+
+def evaluate(
+    inputs: dict[str, Any],
+    wanted: Iterable[str],
+    static: dict[str, Any] | None = None,
+    *,
+    row_inputs: frozenset[str] = frozenset(),
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`execute`, returning every node it resolved (inputs included): what ``previous``
+    takes in a later call.
+
+    With ``previous`` (the result of an earlier call), a node none of whose inputs differ from
+    that call's is taken from it instead of computed: node functions are pure, so its value would
+    be the same. An input differs unless it is the same object or holds equal values
+    (:func:`same_value`); a value it cannot compare counts as different. A what-if that adds one
+    stakeholder to a deal so recomputes the stakeholder signals, not its stage or activity ones.
+    """
     cache = dict(inputs)
     if static:
         cache.update(static)
+    provided = set(cache)
+    before = previous or {}
+    changed = _changed(cache, before) if previous is not None else set()
+    dirty: dict[str, bool] = {}
+
+    def is_dirty(name: str) -> bool:
+        if name not in dirty:
+            if name in provided:
+                dirty[name] = name in changed or name not in before
+            elif name in EXTRACTED:
+                dirty[name] = is_dirty(EXTRACTED[name])
+            elif name in NODES:
+                params = _params(NODES[name])
+                dirty[name] = any([is_dirty(p) for p in params]) or name not in before
+            else:
+                dirty[name] = True
+        return dirty[name]
 
     def get(name: str) -> Any:
         if name in cache:
+            return cache[name]
+        if previous is not None and name in previous and not is_dirty(name):
+            cache[name] = previous[name]
             return cache[name]
         if name in EXTRACTED:
             group = get(EXTRACTED[name])
@@ -115,7 +164,7 @@ def execute(
         if name not in NODES:
             raise KeyError(f"no input or signal function named {name!r}")
         fn = NODES[name]
-        result = fn(**{p: get(p) for p in inspect.signature(fn).parameters})
+        result = fn(**{p: get(p) for p in _params(fn)})
         if isinstance(result, pd.Series):
             result = result.reset_index(drop=True)
         cache[name] = result
@@ -123,4 +172,44 @@ def execute(
             static[name] = result
         return result
 
-    return {name: get(name) for name in wanted}
+    for name in wanted:
+        get(name)
+    return cache
+
+
+def _changed(inputs: dict[str, Any], previous: dict[str, Any]) -> set[str]:
+    """The inputs whose values differ from ``previous``'s."""
+    return {
+        name
+        for name, value in inputs.items()
+        if name not in previous or not same_value(value, previous[name])
+    }
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two node values are certainly equal (same object, or equal pandas or NumPy
+    values of the same dtype, or equal plain values); False when unsure."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, pd.DataFrame | pd.Series | pd.Index):
+        return bool(a.equals(b)) and _same_dtypes(a, b)
+    if isinstance(a, np.ndarray):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fcmM"))
+        )
+    if isinstance(a, str | int | float | bool | dict | tuple | pd.Timestamp):
+        try:
+            return bool(a == b)
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _same_dtypes(a: Any, b: Any) -> bool:
+    if isinstance(a, pd.DataFrame):
+        return list(a.columns) == list(b.columns) and list(a.dtypes) == list(b.dtypes)
+    return bool(a.dtype == b.dtype)

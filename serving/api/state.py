@@ -116,6 +116,21 @@ class ResultCache:
                 return True, self._items[key]
             return False, None
 
+    def peek(self, key: Hashable) -> tuple[bool, Any]:
+        """Whether ``key``'s answer is kept, and the answer (None when not)."""
+        return self._cached(key)
+
+    def seen(self, key: Hashable) -> bool:
+        """Whether ``key`` was asked here before; notes it (kept and evicted like an answer)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return True
+            self._items[key] = True
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+            return False
+
     def get_or_compute(self, key: Hashable, compute: Callable[[], T]) -> T:
         found, value = self._cached(key)
         if found:
@@ -151,3 +166,6 @@ class AppState:
     registry: Registry
     # What-ifs of concurrent requests, scored together (serving.api.whatif.rescore).
     whatif: Batcher[Any, Any] = field(default_factory=Batcher)
+    # Deals' signals as stored, what a what-if of them starts from (views.what_if_bases): kept
+    # apart from ``results``, so what-ifs on many deals do not evict the ranked lists.
+    bases: ResultCache = field(default_factory=lambda: ResultCache(size=2048))

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -22,7 +23,8 @@ from features.errors import NotFoundError
 from features.pipeline.hygiene import HygieneFlag, StageOutliers, hygiene_flags, stage_outliers
 from features.pipeline.metrics import PipelineMetrics, compute_metrics, jsonable
 from features.pipeline.review import ReviewPack, SortKey, review_pack
-from features.signals.perdeal import DealRows, StoreFacts
+from features.signals.perdeal import DealRows, PartSignals, StoreFacts
+from serving.api import whatif
 from serving.api.errors import ServiceUnavailable
 from serving.api.models import Served
 from serving.api.settings import ApiSettings
@@ -187,6 +189,36 @@ def what_if_basis(
         lambda: StoreFacts.of(snap.tables, as_of, state.stages),
     )
     return rows, facts
+
+
+def what_if_bases(
+    state: AppState,
+    snap: Snapshot,
+    served: Served,
+    rows: DealRows,
+    facts: StoreFacts,
+) -> Callable[[tuple[str, ...]], PartSignals | None]:
+    """Deals' signals at ``facts.as_of`` as the store has them (:func:`whatif.base_signals`),
+    from the second what-if of the same deals on (per store version, models and as-of): a
+    what-if then recomputes only what its changes reach. The first gets None and is scored
+    afresh, in one call with the other requests waiting (computing a base first would make a
+    deal's first what-if slower, and such calls are not shared)."""
+    models = served.models
+    if models is None:  # the endpoint answers 503 before asking
+        raise ServiceUnavailable("no champion model: a what-if needs one")
+
+    def base(ids: tuple[str, ...]) -> PartSignals | None:
+        key = ("what-if-base", snap.version, served.key, facts.as_of, ids)
+        found, value = state.bases.peek(key)
+        if found:
+            return value  # type: ignore[no-any-return]
+        if not state.bases.seen(("asked", *key)):
+            return None
+        return state.bases.get_or_compute(
+            key, lambda: whatif.base_signals(models, rows, facts, state.stages, ids)
+        )
+
+    return base
 
 
 def scores(

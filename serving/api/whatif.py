@@ -25,15 +25,15 @@ Two ways to the same numbers:
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Sequence
-from dataclasses import fields, replace
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import pandas as pd
 
 from features.data.schema import CanonicalTables
 from features.data.stages import StageConfig
-from features.signals.perdeal import DealRows, StoreFacts, deal_signals
+from features.signals.perdeal import DealRows, PartSignals, StoreFacts, deal_signals, part_signals
 from serving.api.batching import Ask, Batcher
 from training.fitting import FittedModels
 from training.scoring import score_rows
@@ -155,20 +155,36 @@ def merge_parts(parts: Sequence[CanonicalTables]) -> CanonicalTables:
 
 
 def score_parts(
-    models: FittedModels, facts: StoreFacts, stages: StageConfig, parts: Sequence[CanonicalTables]
+    models: FittedModels,
+    facts: StoreFacts,
+    stages: StageConfig,
+    parts: Sequence[CanonicalTables],
+    bases: Sequence[PartSignals | None] | None = None,
 ) -> list[pd.DataFrame]:
-    """Each part's deals scored at ``facts.as_of`` (signals and models run once for all): p_win,
+    """Each part's deals scored at ``facts.as_of`` (the models run once for all): p_win,
     p_won_this_quarter, expected_value and reasons, one row per deal open then, in the part's
-    order. Equal to scoring each part alone when no deal is in two parts and the parts give
-    the same tracking starts (:func:`tracking_key`)."""
-    merged = merge_parts(parts)
-    signals = deal_signals(
-        merged,
-        facts,
-        stages,
-        custom=models.custom,
-        static_custom=models.config.static_custom,
+    order. A part with a base (:func:`~features.signals.perdeal.part_signals` of its deals'
+    rows without the changes) gets its signals from it, recomputing only what its changes
+    reach; the parts without one get theirs in one call, which equals scoring each alone when
+    no deal is in two parts and the parts give the same tracking starts (:func:`tracking_key`)."""
+    bases = list(bases) if bases is not None else [None] * len(parts)
+    custom, static_custom = models.custom, models.config.static_custom
+    fresh = [p for p, b in zip(parts, bases, strict=True) if b is None]
+    frames = (
+        [
+            deal_signals(
+                merge_parts(fresh), facts, stages, custom=custom, static_custom=static_custom
+            )
+        ]
+        if fresh
+        else []
     )
+    frames += [
+        part_signals(p, facts, stages, base=b, custom=custom, static_custom=static_custom).signals
+        for p, b in zip(parts, bases, strict=True)
+        if b is not None
+    ]
+    signals = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     scored = score_rows(models, signals, stages, reasons=True)
     ids = scored["deal_id"]
     return [scored[ids.isin(p.deals["deal_id"])].reset_index(drop=True) for p in parts]
@@ -185,6 +201,33 @@ def tracking_key(facts: StoreFacts, part: CanonicalTables) -> Hashable:
     return tracking
 
 
+@dataclass(frozen=True)
+class WhatIf:
+    """One request's what-if: its deals' rows with the changes added, and the signals of the
+    same rows without them (``base``, when known) to compute from."""
+
+    part: CanonicalTables
+    base: PartSignals | None = None
+
+
+def base_signals(
+    models: FittedModels,
+    rows: DealRows,
+    facts: StoreFacts,
+    stages: StageConfig,
+    ids: tuple[str, ...],
+) -> PartSignals:
+    """The deals' signals at ``facts.as_of`` as the store has them, kept with their states and
+    registry nodes: a what-if of these deals starts from it (:func:`rescore`'s ``bases``)."""
+    return part_signals(
+        rows.part(ids),
+        facts,
+        stages,
+        custom=models.custom,
+        static_custom=models.config.static_custom,
+    )
+
+
 def rescore(
     models: FittedModels,
     rows: DealRows,
@@ -192,25 +235,30 @@ def rescore(
     stages: StageConfig,
     changes: list[dict[str, Any]],
     *,
-    batcher: Batcher[CanonicalTables, pd.DataFrame] | None = None,
+    batcher: Batcher[WhatIf, pd.DataFrame] | None = None,
     key: Hashable = None,
+    bases: Callable[[tuple[str, ...]], PartSignals | None] | None = None,
 ) -> pd.DataFrame:
     """The changed deals scored at ``facts.as_of`` with their changes (one row per changed deal
     open then, in the store's order): p_win, p_won_this_quarter, expected_value and reasons.
-    ``rows`` and ``facts`` must come from the same store tables. With a ``batcher``, scored
-    together with the what-ifs of concurrent requests for the same ``key`` (which must name
-    the store version, as-of and models) where that gives the same answer
+    ``rows`` and ``facts`` must come from the same store tables. ``bases`` gives the changed
+    deals' :func:`base_signals` (kept between requests by the caller) or None: with one, the
+    changes are added to its rows and only what they reach is recomputed. With a ``batcher``, scored
+    together with the what-ifs of concurrent requests for the same ``key`` (which must name the
+    store version, as-of and models) where that gives the same answer
     (:mod:`serving.api.batching`)."""
-    part = changed_part(rows, facts.as_of, changes)
+    ids = tuple(dict.fromkeys(changed_ids(changes)))
+    base = bases(ids) if bases is not None else None
+    part = apply_changes(base.part if base else rows.part(ids), changes, facts.as_of)
 
-    def compute(parts: Sequence[CanonicalTables]) -> list[pd.DataFrame]:
-        return score_parts(models, facts, stages, parts)
+    def compute(asks: Sequence[WhatIf]) -> list[pd.DataFrame]:
+        return score_parts(models, facts, stages, [a.part for a in asks], [a.base for a in asks])
 
     if batcher is None:
-        return compute([part])[0]
-    ask: Ask[CanonicalTables, pd.DataFrame] = Ask(
-        part,
-        frozenset(changed_ids(changes)),
+        return compute([WhatIf(part, base)])[0]
+    ask: Ask[WhatIf, pd.DataFrame] = Ask(
+        WhatIf(part, base),
+        frozenset(ids),
         tracking_key(facts, part),
         same=json.dumps(changes, sort_keys=True, default=str),
     )

@@ -305,6 +305,7 @@ def score(
         changes,
         batcher=state.whatif,
         key=(snap.version, when, served.key),
+        bases=views.what_if_bases(state, snap, served, rows, facts),
     )
     after = {str(r["deal_id"]): r for r in views.records(rescored)}
     out = []

@@ -167,5 +167,8 @@ class AppState:
     # What-ifs of concurrent requests, scored together (serving.api.whatif.rescore).
     whatif: Batcher[Any, Any] = field(default_factory=Batcher)
     # Deals' signals as stored, what a what-if of them starts from (views.what_if_bases): kept
-    # apart from ``results``, so what-ifs on many deals do not evict the ranked lists.
-    bases: ResultCache = field(default_factory=lambda: ResultCache(size=2048))
+    # apart from ``results``, so what-ifs on many deals do not evict the ranked lists. About
+    # 0.4 MB each (a hundred small pandas objects): 256 of them, about 100 MB at most.
+    bases: ResultCache = field(default_factory=lambda: ResultCache(size=256))
+    # Which deals were asked about once already (views.what_if_bases): a base from the second on.
+    asked: ResultCache = field(default_factory=lambda: ResultCache(size=4096))

@@ -212,7 +212,7 @@ def what_if_bases(
         found, value = state.bases.peek(key)
         if found:
             return value  # type: ignore[no-any-return]
-        if not state.bases.seen(("asked", *key)):
+        if not state.asked.seen(key):
             return None
         return state.bases.get_or_compute(
             key, lambda: whatif.base_signals(models, rows, facts, state.stages, ids)

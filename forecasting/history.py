@@ -144,9 +144,6 @@ class FitData:
     nb_won: np.ndarray
     nb_qoy: np.ndarray
     nb_log_amount: np.ndarray
-    # per quarter (the forecast quarter last, 0): 1 where the quarter's deals were scored another
-    # way than the forecast quarter's (stage history where it has models, or the reverse)
-    q_other: np.ndarray
     # share of new-business revenue per team and per owner over the history quarters
     nb_share: dict[str, dict[str, float]] = field(default_factory=dict)
     meta: dict[str, float] = field(default_factory=dict)
@@ -282,9 +279,7 @@ def build_fit_data(
             f"forecast model needs at least {MIN_HISTORY_QUARTERS} (more history, or an "
             "earlier data start)"
         )
-    current = scorers.method(quarter_of(as_of))
-    other = [float(scorers.method(p.name) != current) for p in parts] + [0.0]
-    return _assemble(as_of, parts, early, stages, np.asarray(other))
+    return _assemble(as_of, parts, early, stages)
 
 
 def _levels(values: pd.Series) -> list[str]:
@@ -311,11 +306,7 @@ def _aggregate(frame: pd.DataFrame, teams: list[str], segments: list[str],
 
 
 def _assemble(
-    as_of: pd.Timestamp,
-    parts: list[_Quarter],
-    early: list[pd.DataFrame],
-    stages: StageConfig,
-    q_other: np.ndarray,
+    as_of: pd.Timestamp, parts: list[_Quarter], early: list[pd.DataFrame], stages: StageConfig
 ) -> FitData:
     deals = pd.concat([p.deals.assign(q_idx=i) for i, p in enumerate(parts)], ignore_index=True)
     teams, segments = _levels(deals["team"]), _levels(deals["segment"])
@@ -368,7 +359,6 @@ def _assemble(
         nb_qoy=np.array([int(p.name[5]) - 1 for p in parts], dtype=np.int64),
         # a missing amount is unknown, not a deal worth EUR 1: left out of the amount fit
         nb_log_amount=np.log(new.loc[new["amount"] > 0, "amount"].to_numpy(np.float64)),
-        q_other=q_other,
         nb_share=nb_share,
         meta={"deal_rows": float(len(deals)), "aggregated_rows": float(len(agg))},
     )

@@ -10,11 +10,6 @@ A hierarchical PyMC model fitted on :class:`forecasting.history.FitData`:
   team and segment effects are partially pooled;
 - each past deal's outcome (won in the quarter / won later / lost / unresolved) is a categorical
   draw from those two probabilities;
-- a quarter scored another way than the forecast quarter (stage history, before enough deals had
-  closed to train the models) carries offsets of its own (``scorer_w``, ``scorer_t``,
-  ``scorer_p``), so the intercepts are those of quarters scored as the forecast quarter is
-  (version 7; before, stage-history quarters that expected up to twice the wins they saw pulled
-  the forecasts of the first backtest quarters down);
 - the history quarters' effects sum to zero; the forecast quarter's (the last level of
   ``quarter``, with no end-of-quarter outcome yet) is a fresh draw from their spread (a wide
   prior: shocks can be large), updated by what it has won so far: every quarter's pipeline at
@@ -54,7 +49,7 @@ if TYPE_CHECKING:
     import pymc as pm
 
 MODEL_NAME = "pipecast-forecast"
-MODEL_VERSION = "7"
+MODEL_VERSION = "6"
 SEASONS = 4
 QUARTER_SCALE = 1.0
 
@@ -114,7 +109,6 @@ def _data(fd: FitData) -> dict[str, np.ndarray]:
         "nb_t": (fd.nb_quarter - fd.current).astype(np.float64),
         "nb_log_amount": fd.nb_log_amount,
         "won_log_amount": fd.won_log_amount,
-        "q_other": fd.q_other,
     }
 
 
@@ -172,17 +166,9 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
         a_w, b_w = pm.Normal("a_w", 0.0, 1.5), pm.Normal("b_w", 1.0, 0.5)
         a_t, b_t = pm.Normal("a_t", 0.0, 1.5), pm.Normal("b_t", 1.0, 0.5)
         c_w, c_t = pm.Normal("c_w", 0.0, 0.5), pm.Normal("c_t", 0.0, 0.5)
-        # Quarters scored another way than the forecast quarter (stage history before enough
-        # deals had closed to train models) get an offset of their own: the intercepts are
-        # learnt from quarters scored as the forecast quarter is. Without it, stage-history
-        # quarters that expected twice the wins they saw pulled every forecast down (version 6:
-        # week-8 P50 below the actual in the first quarters of every backtest).
-        o_w, o_t = pm.Normal("scorer_w", 0.0, 1.0), pm.Normal("scorer_t", 0.0, 1.0)
-        other = d["q_other"]
-        eta_w = a_w + b_w * d["x_win"] + c_w * d["x_amount"] + o_w * other[d["q_idx"]]
+        eta_w = a_w + b_w * d["x_win"] + c_w * d["x_amount"]
         eta_w = eta_w + team_w[d["team_idx"]] + seg_w[d["seg_idx"]] + q_w[d["q_idx"]]
         eta_t = a_t + b_t * d["x_time"] + c_t * d["x_amount"] + q_t[d["q_idx"]]
-        eta_t = eta_t + o_t * other[d["q_idx"]]
         # log(1 - sigmoid(x)) = log(sigmoid(x)) - x: one softplus per probability
         log_w, log_t = -pt.softplus(-eta_w), -pt.softplus(-eta_t)
         log_nw, log_nt = log_w - eta_w, log_t - eta_t
@@ -212,10 +198,8 @@ def build_model(fd: FitData, config: ModelConfig) -> pm.Model:
         z_e = pm.Normal("z_quarter_e", 0.0, 1.0, dims="quarter")
         signal = l_w * q_w[:-1] + l_t * q_t[:-1] + sd_e * z_e
         e_w = a_w + b_w * d["e_x_win"] + c_w * d["e_x_amount"] + team_w[d["e_team"]]
-        e_w = e_w + seg_w[d["e_seg"]] + o_w * other[d["e_q"]]
-        o_p = pm.Normal("scorer_p", 0.0, 1.0)
+        e_w = e_w + seg_w[d["e_seg"]]
         e_p = a_p + b_p * d["e_x_time"] + c_p * d["e_x_amount"] + signal[d["e_q"]]
-        e_p = e_p + o_p * other[d["e_q"]]
         log_e = -pt.softplus(-e_w) - pt.softplus(-e_p)
         ll_e = d["e_won"] * log_e + d["e_not"] * pt.log1mexp(pt.minimum(log_e, -1e-9))
         pm.Potential("early", pt.sum(ll_e))

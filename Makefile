@@ -29,13 +29,11 @@ demo: install
 	COLUMNS=160 $(BIN)/pipecast score --as-of $(AS_OF) --db $(DEMO_DB) --top 10
 	$(BIN)/pipecast forecast --quarter $(DEMO_QUARTER) --as-of $(AS_OF) --db $(DEMO_DB) --plot demo-forecast.png
 
-# worksteal: an idle worker takes tests queued on the busy one, so the two 20k-deal model-quality
-# tests (minutes each) do not run one after the other on one worker while the other idles.
 test: install
-	$(BIN)/pytest -q -n 2 --dist worksteal
+	$(BIN)/pytest -q -n 2
 
 test-fast: install
-	$(BIN)/pytest -q -n 2 --dist worksteal -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 # The issue's must-show backtests on 20k generated deals (20+ minutes on 2 cores).
 must-show: install

@@ -134,12 +134,19 @@ class _Gbm(ClassifierMixin, BaseEstimator):
             params["monotone_constraints"] = [self._monotone.get(c, 0) for c in columns]
         return params
 
-    def _encode(self, X: pd.DataFrame) -> pd.DataFrame:
-        encoded = self.encoder_.transform(X)
+    def _extra_columns(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The model's own columns beyond the encoder's (the slip model's horizon), as floats."""
+        out = {}
         for col in self._extra:
             if col not in X.columns:
                 raise InputError(f"{type(self).__name__} needs a {col!r} column")
-            encoded[col] = pd.to_numeric(X[col], errors="coerce").astype("float64").to_numpy()
+            out[col] = pd.to_numeric(X[col], errors="coerce").astype("float64").to_numpy()
+        return out
+
+    def _encode(self, X: pd.DataFrame) -> pd.DataFrame:
+        encoded = self.encoder_.transform(X)
+        for col, values in self._extra_columns(X).items():
+            encoded[col] = values
         return encoded
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
@@ -147,11 +154,7 @@ class _Gbm(ClassifierMixin, BaseEstimator):
         NaN where missing; :meth:`SnapshotEncoder.transform_matrix`), given to the booster
         directly: the same predictions without the frame and its conversion."""
         matrix = self.encoder_.transform_matrix(X)
-        extra = []
-        for col in self._extra:
-            if col not in X.columns:
-                raise InputError(f"{type(self).__name__} needs a {col!r} column")
-            extra.append(pd.to_numeric(X[col], errors="coerce").astype("float64").to_numpy())
+        extra = list(self._extra_columns(X).values())
         return np.column_stack([matrix, *extra]) if extra else matrix
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:

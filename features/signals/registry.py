@@ -134,13 +134,12 @@ def evaluate(
         cache.update(static)
     provided = set(cache)
     before = previous or {}
-    changed = _changed(cache, before) if previous is not None else set()
     dirty: dict[str, bool] = {}
 
     def is_dirty(name: str) -> bool:
         if name not in dirty:
-            if name in provided:
-                dirty[name] = name in changed or name not in before
+            if name in provided:  # compared only when a node that reads it is asked for
+                dirty[name] = name not in before or not same_value(cache[name], before[name])
             elif name in EXTRACTED:
                 dirty[name] = is_dirty(EXTRACTED[name])
             elif name in NODES:
@@ -175,15 +174,6 @@ def evaluate(
     for name in wanted:
         get(name)
     return cache
-
-
-def _changed(inputs: dict[str, Any], previous: dict[str, Any]) -> set[str]:
-    """The inputs whose values differ from ``previous``'s."""
-    return {
-        name
-        for name, value in inputs.items()
-        if name not in previous or not same_value(value, previous[name])
-    }
 
 
 def same_value(a: Any, b: Any) -> bool:

@@ -37,7 +37,7 @@ from features.signals.pointintime import deal_states_as_of
 from forecasting.history import ScorerCache, build_fit_data
 from forecasting.model import FittedForecastModel, ModelConfig, fit
 from forecasting.rules import actual, rule_forecasts
-from forecasting.scoring import MODELS, ModelScorers, Scorer, ScorerFactory
+from forecasting.scoring import ModelScorers, Scorer, ScorerFactory
 from forecasting.simulate import NewBusiness, Posterior, SimOptions, SimResult, simulate
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -153,12 +153,7 @@ class ForecastEngine:
 
     def fit_model(self, as_of: pd.Timestamp) -> tuple[FittedForecastModel, dict[str, Any]]:
         fd = build_fit_data(
-            self.tables,
-            self.stages,
-            as_of,
-            self.scorers,
-            n_quarters=self.config.history_quarters,
-            scored_as=MODELS if self.served_for(as_of) is not None else None,
+            self.tables, self.stages, as_of, self.scorers, n_quarters=self.config.history_quarters
         )
         return fit(fd, self.config), {"nb_share": fd.nb_share, **fd.meta}
 

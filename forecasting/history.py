@@ -9,11 +9,6 @@ labelled with what was known at ``as_of``:
 - ``WON_LATER``: won after it, by ``as_of``; ``LOST``: lost by ``as_of``;
 - ``UNRESOLVED``: still open at ``as_of`` (we only know it did not win within the quarter).
 
-Only quarters scored the same way as the forecast quarter are kept when enough of them remain
-(:data:`SAME_SCORER_QUARTERS`): the stage-history fallback used before enough deals had closed to
-train the models runs far from the models' calibration, and the recalibration learnt from it would
-be applied to model scores.
-
 Beside the deals: new business (deals created after the quarter's rebuild date that closed won
 within it; their number, how many were created, their amounts) and discounts (amount won over
 amount at rebuild time for the deals won within the quarter). Nothing decided after ``as_of`` is
@@ -43,10 +38,6 @@ HISTORY_QUARTERS = 6
 # log(EUR 100k): amounts enter the model as log(amount) - AMOUNT_CENTRE
 AMOUNT_CENTRE = 11.5
 MIN_HISTORY_QUARTERS = 2
-# History quarters scored another way than the forecast quarter (the stage-history fallback of
-# the data's first year, beside model-scored quarters) are left out when at least this many
-# quarters scored the same way remain: one set of intercepts cannot fit two scorers' biases.
-SAME_SCORER_QUARTERS = 3
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -250,13 +241,9 @@ def build_fit_data(
     scorers: ScorerCache,
     *,
     n_quarters: int = HISTORY_QUARTERS,
-    scored_as: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FitData:
-    """Past pipelines at ``as_of``'s point of the quarter, scored and labelled as of ``as_of``.
-
-    ``scored_as`` names how the forecast quarter's pipeline is scored (e.g. 'models' for served
-    models); by default, as the quarter's own scorer scores it."""
+    """Past pipelines at ``as_of``'s point of the quarter, scored and labelled as of ``as_of``."""
     as_of = pd.Timestamp(as_of)
     offset = as_of - quarter_bounds(quarter_of(as_of))[0]
     first_created = pd.to_datetime(tables.deals["created_at"]).min()
@@ -274,7 +261,6 @@ def build_fit_data(
         if key not in scorers.rebuilt:
             scorers.rebuilt[key] = _rebuild_quarter(tables, stages, q, offset, scorer)
         parts.append(_labelled(scorers.rebuilt[key], as_of))
-    parts = _scored_alike(parts, scorers, scored_as or _method_of(tables, stages, as_of, scorers))
     # Every quarter's pipeline at its first instant, and what it had won by the forecast's point
     # of the quarter: for the forecast quarter itself, that is what it has shown so far.
     early: list[pd.DataFrame] = []
@@ -294,19 +280,6 @@ def build_fit_data(
             "earlier data start)"
         )
     return _assemble(as_of, parts, early, stages)
-
-
-def _method_of(
-    tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, scorers: ScorerCache
-) -> str:
-    scorers.for_quarter(tables, stages, quarter_of(as_of))
-    return scorers.method(quarter_of(as_of))
-
-
-def _scored_alike(parts: list[_Quarter], scorers: ScorerCache, method: str) -> list[_Quarter]:
-    """The quarters scored as the forecast quarter is, when enough remain; else all of them."""
-    alike = [p for p in parts if scorers.method(p.name) == method]
-    return alike if len(alike) >= SAME_SCORER_QUARTERS else parts
 
 
 def _levels(values: pd.Series) -> list[str]:

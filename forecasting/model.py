@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import pymc as pm
 
 MODEL_NAME = "pipecast-forecast"
-MODEL_VERSION = "8"  # 7: scorer offsets, reverted
+MODEL_VERSION = "6"
 SEASONS = 4
 QUARTER_SCALE = 1.0
 

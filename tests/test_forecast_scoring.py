@@ -14,7 +14,7 @@ from features.errors import NotEnoughDataError
 from features.synthetic.generator import generate
 from forecasting.cache import ForecastCache, cache_key
 from forecasting.forecast import ForecastEngine
-from forecasting.history import ScorerCache, build_fit_data
+from forecasting.history import ScorerCache
 from forecasting.model import (
     PARAMS,
     Diagnostics,
@@ -88,41 +88,6 @@ def test_too_little_history_falls_back_to_stage_history_and_says_so(generated):
     strict = ModelScorers({**FAST_RECIPE, "min_closed_deals": 10**9}, fallback=None)
     with pytest.raises(NotEnoughDataError):
         strict(generated, CFG, CUTOFF)
-
-
-class _MarkedStageHistory:
-    """The stage-history scorer everywhere, named 'stage_history' before ``models_from`` and
-    'models' from it on (as ModelScorers names its fallback)."""
-
-    def __init__(self, models_from: pd.Timestamp) -> None:
-        self.models_from = models_from
-        self.methods: dict[pd.Timestamp, str] = {}
-
-    def __call__(self, tables, stages, cutoff):
-        cutoff = pd.Timestamp(cutoff)
-        self.methods[cutoff] = MODELS if cutoff >= self.models_from else STAGE_HISTORY
-        return fit_stage_history(tables, stages, cutoff)
-
-
-@pytest.mark.parametrize(
-    ("models_from", "scored_as", "kept"),
-    [
-        # four model-scored quarters among the six: the two stage-history ones are left out
-        ("2023-12-31", None, ["2024Q1", "2024Q2", "2024Q3", "2024Q4"]),
-        # served models score the forecast quarter: the history scored by models is kept
-        ("2023-12-31", MODELS, ["2024Q1", "2024Q2", "2024Q3", "2024Q4"]),
-        # two model-scored quarters only: too few alone, every quarter is kept
-        ("2024-06-30", None, ["2023Q3", "2023Q4", "2024Q1", "2024Q2", "2024Q3", "2024Q4"]),
-    ],
-)
-def test_history_quarters_scored_another_way_are_left_out_when_enough_remain(
-    generated, models_from, scored_as, kept
-):
-    factory = _MarkedStageHistory(pd.Timestamp(models_from))
-    fd = build_fit_data(generated, CFG, AS_OF, ScorerCache(factory), scored_as=scored_as)
-    assert fd.quarters == [*kept, "2025Q1"]
-    assert fd.nb_created.size == len(kept) and set(fd.quarter) == set(range(len(kept)))
-    assert set(fd.e_quarter) == set(range(len(kept) + 1))
 
 
 @dataclasses.dataclass

@@ -23,8 +23,8 @@ class ApiSettings(Settings):
     # Largest upload accepted by POST /v1/data/import (bytes).
     max_upload_bytes: int = 200 * 1024 * 1024
     # The quarter forecast (GET /v1/forecast): sampler size and scenarios. A cold forecast fits
-    # the posterior (about 90 s on the 3,000-deal demo at the defaults); tests use the minimum.
-    forecast_draws: int = 300
+    # the posterior (minutes on the 3,000-deal demo at the defaults); tests use the minimum.
+    forecast_draws: int = 1000
     forecast_tune: int = 300
     forecast_chains: int = 2
     forecast_scenarios: int = 4000

@@ -31,11 +31,9 @@ import fcntl
 import itertools
 import os
 import shutil
-import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -152,29 +150,6 @@ def _is_disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in _DISK_FULL
     return isinstance(err, duckdb.Error) and any(t in str(err).lower() for t in _DISK_FULL_TEXT)
-
-
-@contextlib.contextmanager
-def _noting_interrupts() -> Iterator[Callable[[], bool]]:
-    """Remember a Ctrl-C (SIGINT) while a load runs: DuckDB turns one that lands inside a
-    statement into that statement's interrupt, and one that lands as the statement ends could be
-    lost and the load published anyway. Yields "was one seen?". Only the main thread can set a
-    handler (the API loads in worker threads, where a Ctrl-C stops the server instead)."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        yield lambda: False
-        return
-    seen: list[int] = []
-
-    def note(signum: int, frame: object) -> None:
-        seen.append(signum)
-        previous(signum, frame)  # type: ignore[operator, arg-type]
-
-    signal.signal(signal.SIGINT, note)
-    try:
-        yield lambda: bool(seen)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _is_interrupt(err: BaseException) -> bool:
@@ -426,15 +401,12 @@ class Store:
             raise StoreError(f"{self.path} was opened for reading; open it with read_only=False")
         work = self.path.with_name(f".{self.path.name}.load-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            with _noting_interrupts() as interrupted:
-                self._start_work(work)
-                report = self._transaction(tables, provided)
-                self._sql("CHECKPOINT work")
-                self._sql("USE memory")
-                self._sql("DETACH work")
-                if interrupted():  # a Ctrl-C that DuckDB swallowed: still not published
-                    raise KeyboardInterrupt
-                self._publish(work)
+            self._start_work(work)
+            report = self._transaction(tables, provided)
+            self._sql("CHECKPOINT work")
+            self._sql("USE memory")
+            self._sql("DETACH work")
+            self._publish(work)
         except BaseException as err:
             self._discard(work)
             with contextlib.suppress(Exception):

@@ -63,6 +63,12 @@ def pipecast(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _default_sigint() -> None:
+    # A shell starting the suite in the background hands every child SIGINT ignored, and Python
+    # then never installs its Ctrl-C handler: the child gets Ctrl-C as a user's terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [PIPECAST, *args],
@@ -70,6 +76,7 @@ def start(*args: str, **env: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=_env(**env),
+        preexec_fn=_default_sigint,
     )
 
 

@@ -64,7 +64,7 @@ def pipecast(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def _default_sigint() -> None:
-    # A shell starting the suite in the background hands every child SIGINT ignored, and Python
+    # A shell starting the suite in the background can hand children SIGINT ignored, and Python
     # then never installs its Ctrl-C handler: the child gets Ctrl-C as a user's terminal gives it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -37,7 +37,7 @@ from features.signals.pointintime import deal_states_as_of
 from forecasting.history import ScorerCache, build_fit_data
 from forecasting.model import FittedForecastModel, ModelConfig, fit
 from forecasting.rules import actual, rule_forecasts
-from forecasting.scoring import ModelScorers, Scorer, ScorerFactory
+from forecasting.scoring import DealScorer, ModelScorers, ScorerFactory
 from forecasting.simulate import NewBusiness, Posterior, SimOptions, SimResult, simulate
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -146,7 +146,7 @@ class ForecastEngine:
     options: SimOptions = field(default_factory=SimOptions)
     # Scores the open pipeline instead of the quarter's own scorer (the served models), where
     # fitted on or before the forecast date: a model fitted later has seen outcomes after it.
-    served: Scorer | None = None
+    served: DealScorer | None = None
     # Scored open pipelines by date and notes on how they were scored, e.g. from ForecastCache.
     scored_cache: dict[pd.Timestamp, pd.DataFrame] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +157,7 @@ class ForecastEngine:
         )
         return fit(fd, self.config), {"nb_share": fd.nb_share, **fd.meta}
 
-    def served_for(self, as_of: pd.Timestamp) -> Scorer | None:
+    def served_for(self, as_of: pd.Timestamp) -> DealScorer | None:
         cutoff = getattr(self.served, "cutoff", None)
         if self.served is None or cutoff is None or pd.Timestamp(cutoff) > as_of:
             return None
@@ -381,7 +381,7 @@ class ForecastService:
         tables: CanonicalTables,
         stages: StageConfig,
         *,
-        served: Scorer | None = None,
+        served: DealScorer | None = None,
         factory: ScorerFactory | None = None,
         config: ModelConfig | None = None,
         options: SimOptions | None = None,

@@ -29,7 +29,7 @@ from features.data.schema import CanonicalTables, Outcome
 from features.data.stages import StageConfig
 from features.errors import NotEnoughDataError
 from features.signals.pointintime import deal_states_as_of
-from forecasting.scoring import Scorer, ScorerFactory
+from forecasting.scoring import PACE_DAYS, Scorer, ScorerFactory
 
 WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED = 0, 1, 2, 3
 # Probabilities are clipped before the logit so a 0 or 1 from a scorer stays finite.
@@ -122,13 +122,11 @@ class FitData:
     segment: np.ndarray
     quarter: np.ndarray
     weight: np.ndarray  # (rows, 4): how many deals of the row ended in each outcome code
-    # early rows: each quarter's pipeline at its first instant (the forecast quarter last),
-    # counts (won by the forecast's point of the quarter, not): what this quarter has shown so far
-    e_x_win: np.ndarray
-    e_x_time: np.ndarray
+    # early rows: each quarter's pipeline at its first instant (the forecast quarter last):
+    # logit of the quarter's own scorer's P(won by the forecast's point of the quarter), counts
+    # (won by then, not): what this quarter has shown so far against what its scorer expected
+    e_x_pace: np.ndarray
     e_x_amount: np.ndarray
-    e_team: np.ndarray
-    e_segment: np.ndarray
     e_quarter: np.ndarray
     e_weight: np.ndarray
     # discounts: log(amount won / amount at rebuild) of deals won within their quarter
@@ -167,6 +165,8 @@ class _Quarter:
     created: int
     won_new: pd.DataFrame  # new deals won within the quarter: owner, team, amount
     days_left: float
+    # the scorer's P(won within d days), d = 0..PACE_DAYS, per deal (rebuilt at the start only)
+    pace: np.ndarray | None = None
 
 
 def _rebuild_quarter(
@@ -177,7 +177,8 @@ def _rebuild_quarter(
     scorer: Scorer,
 ) -> _Quarter:
     """A past quarter's pipeline ``offset`` into it, scored; outcomes are attached raw and only
-    turned into labels by :func:`_labelled` for a given forecast date."""
+    turned into labels by :func:`_labelled` for a given forecast date. At the quarter's start
+    (``offset`` 0) also how soon its scorer expected each deal won, day by day."""
     at = rebuild_date(quarter, offset)
     q_end = quarter_bounds(quarter)[1]
     scored = scorer.score(tables, stages, at).reset_index(drop=True)
@@ -191,6 +192,12 @@ def _rebuild_quarter(
     created = pd.to_datetime(end_states["created_at"])
     new = end_states[created > at]
     won_new = new[(new["outcome"] == Outcome.WON.value) & (new["closed_at"] <= q_end)]
+    pace = None
+    if offset == pd.Timedelta(0):
+        days = np.arange(PACE_DAYS + 1)
+        within = scorer.won_within(tables, stages, at, days).reindex(scored["deal_id"])
+        pace = np.nan_to_num(within.to_numpy(dtype=np.float64))
+        pace[:, 0] = 0.0  # nothing is won within no time
     return _Quarter(
         name=quarter,
         end=q_end,
@@ -198,6 +205,7 @@ def _rebuild_quarter(
         created=len(new),
         won_new=won_new[["owner", "team", "amount"]].fillna({"amount": 0.0}),
         days_left=max((q_end - at).total_seconds() / 86400.0, 0.0),
+        pace=pace,
     )
 
 
@@ -218,10 +226,16 @@ def _labelled(part: _Quarter, as_of: pd.Timestamp) -> _Quarter:
 
 
 def _early_labelled(part: _Quarter, by: pd.Timestamp) -> pd.DataFrame:
-    """A quarter's pipeline at its start, labelled 1 if won by ``by`` (inside the quarter)."""
+    """A quarter's pipeline at its start, labelled 1 if won by ``by`` (inside the quarter), with
+    its scorer's P(won by then) (``p_by``)."""
+    assert part.pace is not None, "early rows come from a quarter rebuilt at its start"
     closed = part.deals["_closed_at"].to_numpy()
     won = (closed <= by.to_datetime64()) & (part.deals["_outcome"].to_numpy() == Outcome.WON.value)
-    return part.deals.drop(columns=["_closed_at", "_outcome"]).assign(early_won=won)
+    start = quarter_bounds(part.name)[0]
+    day = int(np.clip(round((by - start) / pd.Timedelta(days=1)), 0, PACE_DAYS))
+    return part.deals.drop(columns=["_closed_at", "_outcome"]).assign(
+        early_won=won, p_by=part.pace[:, day]
+    )
 
 
 def history_quarters(as_of: pd.Timestamp, n: int = HISTORY_QUARTERS) -> list[str]:
@@ -312,7 +326,20 @@ def _assemble(
     teams, segments = _levels(deals["team"]), _levels(deals["segment"])
     first = pd.concat(early, ignore_index=True)
     won_early = first["early_won"].to_numpy(dtype=bool)
-    e_agg = _aggregate(first, teams, segments, pd.DataFrame({"won": won_early, "not": ~won_early}))
+    e_agg = (
+        pd.DataFrame(
+            {
+                "x_pace": np.round(logit(first["p_by"].to_numpy()), 3),
+                "x_amount": np.round(deal_features(first)[2], 1),
+                "quarter": first["q_idx"].to_numpy(),
+                "won": won_early.astype(np.float64),
+                "not": (~won_early).astype(np.float64),
+            }
+        )
+        .groupby(["x_pace", "x_amount", "quarter"], sort=False)
+        .sum()
+        .reset_index()
+    )
     stage_keys = stages.open_keys
     counts = pd.get_dummies(deals["outcome_code"]).reindex(
         columns=[WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED], fill_value=0
@@ -342,11 +369,8 @@ def _assemble(
         segment=agg["segment"].to_numpy(np.int64),
         quarter=agg["quarter"].to_numpy(np.int64),
         weight=agg[[WON_IN_QUARTER, WON_LATER, LOST, UNRESOLVED]].to_numpy(np.float64),
-        e_x_win=e_agg["x_win"].to_numpy(np.float64),
-        e_x_time=e_agg["x_time"].to_numpy(np.float64),
+        e_x_pace=e_agg["x_pace"].to_numpy(np.float64),
         e_x_amount=e_agg["x_amount"].to_numpy(np.float64),
-        e_team=e_agg["team"].to_numpy(np.int64),
-        e_segment=e_agg["segment"].to_numpy(np.int64),
         e_quarter=e_agg["quarter"].to_numpy(np.int64),
         e_weight=e_agg[["won", "not"]].to_numpy(np.float64),
         disc_stage=_index(won_q.loc[ok, "stage"], stage_keys),

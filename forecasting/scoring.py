@@ -24,7 +24,7 @@ date never knows an outcome that came after it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,14 +48,28 @@ LOOKBACK_DAYS = 730
 SNAPSHOT_EVERY = "14D"
 # Close-date buckets: the deal's expected close date is in (or before) the quarter, or after it.
 IN_QUARTER, LATER = "in_quarter", "later"
+# The longest run of days a quarter's early pace is measured over (a quarter's length at most).
+PACE_DAYS = 92
 
 
-class Scorer(Protocol):
+class DealScorer(Protocol):
     """Scores the deals open at ``as_of``: one row per deal with :data:`SCORE_COLUMNS`."""
 
     def score(
         self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp
     ) -> pd.DataFrame: ...
+
+
+class Scorer(DealScorer, Protocol):
+    """A :class:`DealScorer` that also says how soon it expects the deals won: what a quarter's
+    early pace is measured against."""
+
+    def won_within(
+        self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, days: np.ndarray
+    ) -> pd.DataFrame:
+        """P(won within each of ``days`` days of ``as_of``) of the deals open at ``as_of``: index
+        ``deal_id``, one column per day count."""
+        ...
 
 
 ScorerFactory = Callable[[CanonicalTables, StageConfig, pd.Timestamp], Scorer]
@@ -78,6 +92,9 @@ class StageHistoryScorer:
     win_rate: dict[str, float]
     close_share: dict[tuple[str, str], float]
     n_closed: int
+    # P(won within d days) for d = 0..PACE_DAYS by stage ("" pools every stage); empty when no
+    # snapshot was old enough for its next PACE_DAYS days to be known at the cut-off
+    pace: dict[str, np.ndarray] = field(default_factory=dict)
 
     def score(
         self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp
@@ -97,6 +114,24 @@ class StageHistoryScorer:
         out["p_won_this_quarter"] = out["p_win"] * share
         out["expected_value"] = out["amount"].fillna(0.0) * out["p_win"]
         return out[SCORE_COLUMNS]
+
+    def won_within(
+        self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, days: np.ndarray
+    ) -> pd.DataFrame:
+        """The stage's share of deals won within each day count, as seen on past snapshots;
+        without such snapshots, P(won this quarter) spread evenly over the quarter's days."""
+        scored = self.score(tables, stages, as_of).set_index("deal_id")
+        idx = np.clip(np.asarray(days, dtype=np.int64), 0, PACE_DAYS)
+        if self.pace:
+            pooled = self.pace[""]
+            curves = np.stack([self.pace.get(str(s), pooled) for s in scored["stage"]])
+            p = curves[:, idx] if len(scored) else np.zeros((0, len(idx)))
+        else:
+            left = max((quarter_end(as_of) - pd.Timestamp(as_of)).days, 1)
+            share = np.minimum(idx / left, 1.0)
+            p = scored["p_won_this_quarter"].to_numpy(dtype=np.float64)[:, None] * share[None, :]
+        p = np.minimum(p, scored["p_win"].to_numpy(dtype=np.float64)[:, None])
+        return pd.DataFrame(p, index=scored.index, columns=days)
 
     def _bucket_mean(self, bucket: str) -> float:
         vals = [v for (_, b), v in self.close_share.items() if b == bucket]
@@ -152,7 +187,31 @@ def fit_stage_history(
         for key, r in grouped.iterrows()
         if isinstance(key, tuple)
     }
-    return StageHistoryScorer(cutoff, win_rate, close_share, n_closed)
+    return StageHistoryScorer(cutoff, win_rate, close_share, n_closed, _pace(frame, snaps, cutoff))
+
+
+def _pace(frame: pd.DataFrame, snaps: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, np.ndarray]:
+    """P(won within d days of the snapshot), d = 0..PACE_DAYS, by stage (shrunk toward every
+    stage pooled, key ""), from snapshots whose next PACE_DAYS days had passed by the cut-off."""
+    seen = (snaps["as_of"] + pd.Timedelta(days=PACE_DAYS) <= cutoff).to_numpy(dtype=bool)
+    if not seen.any():
+        return {}
+    rows = frame[seen]
+    days = (pd.to_datetime(rows["closed_at"]) - snaps["as_of"][seen].to_numpy()).dt.days
+    won = rows["won"].to_numpy(dtype=bool)
+    wait = np.where(won, days.fillna(PACE_DAYS + 1).to_numpy(dtype=np.float64), PACE_DAYS + 1)
+    grid = np.arange(PACE_DAYS + 1)
+
+    def curve(w: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.sort(w), grid, side="right").astype(np.float64)
+
+    pooled = curve(wait) / len(wait)
+    out = {"": pooled}
+    stage = rows["stage"].astype(str).to_numpy()
+    for key in np.unique(stage):
+        w = wait[stage == key]
+        out[str(key)] = (curve(w) + PRIOR_WEIGHT * pooled) / (len(w) + PRIOR_WEIGHT)
+    return out
 
 
 def _buckets(snaps: pd.DataFrame) -> np.ndarray:

@@ -14,7 +14,7 @@ from features.errors import NotEnoughDataError
 from features.synthetic.generator import generate
 from forecasting.cache import ForecastCache, cache_key
 from forecasting.forecast import ForecastEngine
-from forecasting.history import ScorerCache
+from forecasting.history import P_CLIP, ScorerCache, build_fit_data
 from forecasting.model import (
     PARAMS,
     Diagnostics,
@@ -76,6 +76,27 @@ def test_models_fitted_at_a_cutoff_never_see_a_later_outcome(generated, scorers)
     assert list(a["deal_id"]) == list(b["deal_id"])
     assert np.allclose(a["p_win"].to_numpy(), b["p_win"].to_numpy())
     assert np.allclose(a["p_won_this_quarter"].to_numpy(), b["p_won_this_quarter"].to_numpy())
+    # nor how soon each deal is expected won (the early pace's yardstick), stand-in included
+    days = np.array([7, 28, 63])
+    pace_a = scorers(generated, CFG, CUTOFF).won_within(generated, CFG, AS_OF, days)
+    pace_b = other.won_within(flipped, CFG, AS_OF, days)
+    assert np.allclose(pace_a.sort_index().to_numpy(), pace_b.sort_index().to_numpy())
+    stand_a = fit_stage_history(generated, CFG, CUTOFF).won_within(generated, CFG, AS_OF, days)
+    stand_b = fit_stage_history(flipped, CFG, CUTOFF).won_within(flipped, CFG, AS_OF, days)
+    assert np.allclose(stand_a.sort_index().to_numpy(), stand_b.sort_index().to_numpy())
+
+
+def test_scorers_say_how_soon_they_expect_each_deal_won(generated, scorers):
+    """P(won within d days): what a quarter's early pace is measured against."""
+    days = np.array([0, 7, 28, 91])
+    for scorer in (scorers(generated, CFG, CUTOFF), fit_stage_history(generated, CFG, CUTOFF)):
+        scored = scorer.score(generated, CFG, AS_OF).set_index("deal_id")
+        within = scorer.won_within(generated, CFG, AS_OF, days)
+        assert sorted(within.index) == sorted(scored.index)
+        p = within.to_numpy()
+        assert (np.diff(p, axis=1) >= -1e-9).all()  # never likelier sooner
+        assert (p <= scored.loc[within.index, "p_win"].to_numpy()[:, None] + 1e-9).all()
+        assert p[:, -1].sum() > 2 * p[:, 1].sum() > 0
 
 
 def test_too_little_history_falls_back_to_stage_history_and_says_so(generated):
@@ -137,3 +158,23 @@ def test_forecast_cache_round_trip_and_keys(generated, tmp_path):
     assert back.equals(scored) and notes == {"scorer": "models"}
     with pytest.raises(ModelMismatchError, match="refit"):
         cache.load(ModelConfig(draws=100, tune=100, seed=1))
+
+
+def test_early_rows_measure_each_quarters_pace_against_its_own_scorer(generated):
+    """The forecast quarter's pipeline at its start carries its scorer's P(won by the forecast's
+    day of the quarter): what its early wins are weighed against."""
+    cache = ScorerCache(fit_stage_history)
+    fd = build_fit_data(generated, CFG, AS_OF, cache, n_quarters=3)
+    start = pd.Timestamp("2025-01-01")
+    day = 20  # AS_OF is the end of the quarter's 20th day
+    scorer = cache.for_quarter(generated, CFG, "2025Q1")
+    assert scorer is not None
+    expected = scorer.won_within(generated, CFG, start, np.array([day]))[day].to_numpy()
+    now = fd.e_quarter == fd.current
+    p_by = 1 / (1 + np.exp(-fd.e_x_pace[now]))
+    assert fd.e_weight[now].sum() == len(expected)
+    got = (fd.e_weight[now].sum(axis=1) * p_by).sum()
+    assert got == pytest.approx(np.clip(expected, P_CLIP, 1 - P_CLIP).sum(), rel=2e-3)
+    # and what it has won by then, nothing later
+    closed = pd.to_datetime(generated.deals.set_index("deal_id")["closed_at"])
+    assert fd.e_weight[now, 0].sum() <= ((closed > start) & (closed <= AS_OF)).sum()

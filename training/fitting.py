@@ -77,6 +77,20 @@ class FittedModels:
         p_win = self.predict_win(rows) if p_win is None else p_win
         return np.minimum(p, p_win)
 
+    def won_within(
+        self, tables: CanonicalTables, stages: StageConfig, as_of: pd.Timestamp, days: np.ndarray
+    ) -> pd.DataFrame:
+        """P(won within each of ``days`` days of ``as_of``) of every deal open at ``as_of``:
+        one row per deal (index ``deal_id``), one column per day count, never above P(win)."""
+        from training.scoring import open_deal_rows
+
+        rows = open_deal_rows(
+            tables, stages, as_of, custom=self.custom, static_custom=self.config.static_custom
+        )
+        p = cumulative(self.slip, rows, days)
+        p = np.minimum(p, self.predict_win(rows)[:, None])
+        return pd.DataFrame(p, index=pd.Index(rows["deal_id"], name="deal_id"), columns=days)
+
     def close_week_cdf(self, rows: pd.DataFrame, weeks: int = 26) -> np.ndarray:
         """P(won within w weeks) for w = 1..weeks: shape (rows, weeks), non-decreasing."""
         return cumulative(self.slip, rows, 7 * np.arange(1, weeks + 1))

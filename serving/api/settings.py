@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic_settings import SettingsConfigDict
 
 from features.settings import Settings
+from forecasting.model import ModelConfig
+
+_SAMPLER = ModelConfig.model_fields
 
 
 class ApiSettings(Settings):
@@ -24,9 +27,10 @@ class ApiSettings(Settings):
     max_upload_bytes: int = 200 * 1024 * 1024
     # The quarter forecast (GET /v1/forecast): sampler size and scenarios. A cold forecast fits
     # the posterior (minutes on the 3,000-deal demo at the defaults); tests use the minimum.
-    forecast_draws: int = 1000
-    forecast_tune: int = 300
-    forecast_chains: int = 2
+    # The sampler's defaults are the model's own (one place).
+    forecast_draws: int = _SAMPLER["draws"].default
+    forecast_tune: int = _SAMPLER["tune"].default
+    forecast_chains: int = _SAMPLER["chains"].default
     forecast_scenarios: int = 4000
     # How past quarters' deals are scored for the fit: the training models refitted per quarter,
     # or historical stage win rates (much faster; tests).

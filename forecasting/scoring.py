@@ -1,8 +1,10 @@
 """Deal scorers as the forecast sees them: training's win and slip models, and a stage baseline.
 
 The forecast needs, for every deal open at ``as_of``, P(eventually won) and P(won by the end of
-``as_of``'s quarter). This module names the contract (:class:`Scorer`, :data:`ScorerFactory`) so
-the forecast, simulator and backtest do not depend on how a scorer was built, and provides:
+``as_of``'s quarter), and for a quarter's pipeline at its start P(won within d days) (what its
+early pace is measured against). This module names the contract (:class:`DealScorer`,
+:class:`Scorer`, :data:`ScorerFactory`) so the forecast, simulator and backtest do not depend on
+how a scorer was built, and provides:
 
 - :class:`ModelScorers`, the factory used by default: ``training``'s calibrated win and slip
   models fitted at the cut-off (a fast recipe, :data:`FAST_RECIPE`), the snapshot rows built once
@@ -15,7 +17,10 @@ the forecast, simulator and backtest do not depend on how a scorer was built, an
     whose outcome was known at the cut-off (shrunk toward the stage's configured probability);
   - P(closes in the quarter | win, stage, close-date bucket) = among won deals seen in that
     stage, the share that closed by the end of the snapshot's quarter, for deals whose expected
-    close date pointed into that quarter (or before) and for those whose date pointed later.
+    close date pointed into that quarter (or before) and for those whose date pointed later;
+  - P(won within d days | stage) = the share of deals seen in that stage won within d days of
+    the snapshot, on snapshots whose next :data:`PACE_DAYS` days had passed by the cut-off
+    (shrunk toward every stage pooled).
 
 Everything either learns is from outcomes known on or before the cut-off, so a scorer fitted at a
 date never knows an outcome that came after it.

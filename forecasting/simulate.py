@@ -72,7 +72,9 @@ class SimResult:
     company: np.ndarray  # (S,)
     teams: pd.DataFrame  # (S, teams)
     owners: pd.DataFrame  # (S, owners)
-    p_won_in_quarter: np.ndarray  # (N,) share of scenarios each deal was won this quarter
+    # (N,) each deal's chance of being won this quarter: its probability averaged over the
+    # draws (the expectation of the share of scenarios it wins, without their noise)
+    p_won_in_quarter: np.ndarray
     tracked: np.ndarray  # (S, len(track)) won-this-quarter of the tracked deals
     new_business: np.ndarray  # (S,)
     won_so_far: float
@@ -205,7 +207,7 @@ def simulate(
     # of winning in the quarter, 1 / ((1 + A e^-u)(1 + B e^-v)), is computed once per draw and
     # the scenarios only compare their uniforms against it (one pass, float32, in place).
     by_owner = np.zeros((n_draws * per_draw, len(owner_names)), dtype=np.float64)
-    wins_count = np.zeros(n, dtype=np.int64)
+    p_sum = np.zeros(n, dtype=np.float64)
     tracked = np.zeros((n_draws * per_draw, len(tracked_pos)), dtype=bool)
     for d0 in range(0, n_draws, draws_per_chunk):
         d1 = min(d0 + draws_per_chunk, n_draws)
@@ -228,9 +230,8 @@ def simulate(
         flat_won = won.reshape(c * per_draw, n)
         if n:
             by_owner[rows] = np.add.reduceat(u.reshape(c * per_draw, n), starts, axis=1)
-            wins_count += flat_won.view(np.uint8).sum(axis=0, dtype=np.int64)
+            p_sum += p_in.sum(axis=0, dtype=np.float64)
         tracked[rows] = flat_won[:, tracked_pos]
-    s_done = n_draws * per_draw
     draw_of = np.repeat(np.arange(n_draws), per_draw)
     nb = _new_business(post, new_business, draw_of, rng, options.quarter_effect)
     won_owner = won_so_far.groupby(won_so_far["owner"].astype(str))["amount"].sum()
@@ -252,7 +253,7 @@ def simulate(
         company=company[:s_total],
         teams=teams_df.iloc[:s_total].reset_index(drop=True),
         owners=owners_df.iloc[:s_total].reset_index(drop=True),
-        p_won_in_quarter=(wins_count / s_done)[inverse],
+        p_won_in_quarter=(p_sum / max(n_draws, 1))[inverse],
         tracked=tracked[:s_total],
         new_business=nb[:s_total],
         won_so_far=won_total,

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.data.calendar import quarter_bounds
 from features.data.stages import load_stage_config
 from features.errors import NotEnoughDataError
+from features.pipeline.metrics import compute_metrics
 from features.synthetic.generator import generate
 from forecasting.cache import ForecastCache, cache_key
 from forecasting.forecast import ForecastEngine
@@ -178,3 +180,27 @@ def test_early_rows_measure_each_quarters_pace_against_its_own_scorer(generated)
     # and what it has won by then, nothing later
     closed = pd.to_datetime(generated.deals.set_index("deal_id")["closed_at"])
     assert fd.e_weight[now, 0].sum() <= ((closed > start) & (closed <= AS_OF)).sum()
+
+
+def test_each_quarter_says_how_far_its_scorer_leans_from_the_stage_rule(generated):
+    """Per quarter, log(its scorer's expected value won within it / the stage rule's) for its
+    pipeline at its start, centred on the history quarters; known at the quarter's start, so
+    outcomes decided after it change nothing."""
+    cache = ScorerCache(fit_stage_history)
+    fd = build_fit_data(generated, CFG, AS_OF, cache, n_quarters=3)
+    raw = []
+    for q in fd.quarters:
+        start = quarter_bounds(q)[0]
+        scorer = cache.for_quarter(generated, CFG, q)
+        assert scorer is not None
+        scored = scorer.score(generated, CFG, start)
+        mine = (scored["amount"].fillna(0.0) * scored["p_won_this_quarter"]).sum()
+        rule = compute_metrics(generated, CFG, start).weighted.closing_this_quarter
+        raw.append(np.log(mine / rule))
+    raw_gap = np.array(raw)
+    np.testing.assert_allclose(fd.q_gap, raw_gap - raw_gap[:-1].mean(), rtol=1e-9)
+    assert abs(fd.q_gap[:-1].mean()) < 1e-12 and np.ptp(fd.q_gap) > 0.01
+    flipped, n = _flip_after(generated, quarter_bounds(fd.quarters[-1])[0])
+    assert n > 0
+    again = build_fit_data(flipped, CFG, AS_OF, ScorerCache(fit_stage_history), n_quarters=3)
+    np.testing.assert_array_equal(again.q_gap, fd.q_gap)

@@ -174,7 +174,7 @@ def test_a_scorer_leaning_away_from_the_stage_rule_is_discounted_in_its_quarter(
     deal models refitted after boom or bust quarters do), and ``q_gap`` says how far it leans
     from the stage rule; the forecast quarter's scorer leans the most. Its win effect must take
     the lean back. Until version 9 the forecast quarter's effect was centred on the history's
-    mean whatever its scorer leant (week-1 P50 on 20k generated deals: a median 17% off)."""
+    mean whatever its scorer leant."""
     rng = np.random.default_rng(13)
     n_q = 8
     fd, _ = _synthetic_fit_data(rng, n=4000, n_q=n_q)

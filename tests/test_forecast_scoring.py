@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from features.data.calendar import quarter_bounds
-from features.data.stages import load_stage_config
+from features.data.stages import StageKind, load_stage_config
 from features.errors import NotEnoughDataError
 from features.pipeline.metrics import compute_metrics
 from features.synthetic.generator import generate
@@ -204,3 +204,19 @@ def test_each_quarter_says_how_far_its_scorer_leans_from_the_stage_rule(generate
     assert n > 0
     again = build_fit_data(flipped, CFG, AS_OF, ScorerCache(fit_stage_history), n_quarters=3)
     np.testing.assert_array_equal(again.q_gap, fd.q_gap)
+
+
+def test_a_stage_rule_without_probabilities_leaves_every_quarter_average(generated):
+    """A real configuration may give its open stages no win probability (custom picklists):
+    the rule then expects nothing, no quarter's lean can be measured, and each reads as an
+    average quarter (``q_gap`` 0) instead of an infinite or missing value."""
+    zero = CFG.model_copy(
+        update={
+            "stages": [
+                s.model_copy(update={"win_probability": 0.0}) if s.kind is StageKind.OPEN else s
+                for s in CFG.stages
+            ]
+        }
+    )
+    fd = build_fit_data(generated, zero, AS_OF, ScorerCache(fit_stage_history), n_quarters=3)
+    np.testing.assert_array_equal(fd.q_gap, np.zeros(len(fd.quarters)))

@@ -206,6 +206,23 @@ def test_each_quarter_says_how_far_its_scorer_leans_from_the_stage_rule(generate
     np.testing.assert_array_equal(again.q_gap, fd.q_gap)
 
 
+@pytest.mark.parametrize("kept", [("amount", "expected_close_date"), ()])
+def test_the_lean_is_known_at_the_quarter_start_on_exports_that_log_few_fields(generated, kept):
+    """Real exports overwrite closed deals' rows and log few fields (or none). Logging amount
+    and close date, the lean is measured from them as they stood at each quarter's start;
+    logging none, no past amount or close date is known, so no lean is measured and every
+    quarter reads as average. Either way outcomes decided after the start change nothing."""
+    fh = generated.field_history
+    bare = dataclasses.replace(generated, field_history=fh[fh["field"].isin(kept)])
+    fd = build_fit_data(bare, CFG, AS_OF, ScorerCache(fit_stage_history), n_quarters=3)
+    assert np.isfinite(fd.q_gap).all()
+    assert (np.ptp(fd.q_gap) > 0.01) == bool(kept)
+    flipped, n = _flip_after(bare, quarter_bounds(fd.quarters[-1])[0])
+    assert n > 0
+    again = build_fit_data(flipped, CFG, AS_OF, ScorerCache(fit_stage_history), n_quarters=3)
+    np.testing.assert_array_equal(again.q_gap, fd.q_gap)
+
+
 def test_a_stage_rule_without_probabilities_leaves_every_quarter_average(generated):
     """A real configuration may give its open stages no win probability (custom picklists):
     the rule then expects nothing, no quarter's lean can be measured, and each reads as an

@@ -28,7 +28,7 @@ from features.data.calendar import previous_quarter, quarter_bounds, quarter_of
 from features.data.schema import CanonicalTables, Outcome
 from features.data.stages import StageConfig
 from features.errors import NotEnoughDataError
-from features.pipeline.metrics import compute_metrics
+from features.pipeline.metrics import compute_metric
 from features.signals.pointintime import deal_states_as_of
 from forecasting.scoring import PACE_DAYS, Scorer, ScorerFactory
 
@@ -205,7 +205,7 @@ def _rebuild_quarter(
         within = scorer.won_within(tables, stages, at, days).reindex(scored["deal_id"])
         pace = np.nan_to_num(within.to_numpy(dtype=np.float64))
         pace[:, 0] = 0.0  # nothing is won within no time
-        rule_expected = float(compute_metrics(tables, stages, at).weighted.closing_this_quarter)
+        rule_expected = float(compute_metric(tables, stages, at, "weighted").closing_this_quarter)
     return _Quarter(
         name=quarter,
         end=q_end,

@@ -24,6 +24,7 @@ from features.pipeline.metrics import (
     StageConversion,
     _coverage_band,
     _funnel,
+    compute_metric,
     compute_metrics,
 )
 from features.pipeline.review import review_pack
@@ -180,6 +181,17 @@ def test_weighted_pipeline(m):
     assert w.closing_this_quarter == pytest.approx(550_000.0)
     assert w.ratio_to_target == pytest.approx(2.2) and w.band == "above_range"
     assert w.unknown_stage_count == 0
+
+
+@pytest.mark.parametrize("team", [None, "south"])
+def test_one_metric_alone_is_the_same_as_among_all(m, cfg, team):
+    """``compute_metric`` (the forecast reads one metric per past quarter) gives each field
+    exactly as ``compute_metrics`` does, for any scope; an unknown name is refused."""
+    every = m if team is None else compute_metrics(build(), cfg, AS_OF, team=team)
+    for name in METRICS:
+        assert compute_metric(build(), cfg, AS_OF, name, team=team) == getattr(every, name), name
+    with pytest.raises(KeyError, match="no pipeline metric 'weigthed'"):
+        compute_metric(build(), cfg, AS_OF, "weigthed")
 
 
 def test_win_rate_velocity_cycle_size(m):

@@ -875,14 +875,42 @@ def compute_metrics(
     window_days: int = WINDOW_DAYS,
 ) -> PipelineMetrics:
     """All pipeline metrics for a scope (company, team or owner) as they stood at ``as_of``."""
-    as_of = pd.Timestamp(as_of)
-    states = scoped_states(tables, stages, as_of, team=team, owner=owner)
-    x = MetricsInput(tables, stages, as_of, team, owner, window_days, states)
+    x = _metrics_input(tables, stages, as_of, team, owner, window_days)
     return PipelineMetrics(
-        as_of=as_of.to_pydatetime(),
+        as_of=x.as_of.to_pydatetime(),
         quarter=x.quarter,
         team=team,
         owner=owner,
         currency=corporate_currency(tables.exchange_rates),
         **{name: fn(x) for name, fn in METRICS.items()},
     )
+
+
+def compute_metric(
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    name: str,
+    *,
+    team: str | None = None,
+    owner: str | None = None,
+    window_days: int = WINDOW_DAYS,
+) -> Any:
+    """One field of :func:`compute_metrics` (a :data:`METRICS` name), computing only what it
+    reads."""
+    if name not in METRICS:
+        raise KeyError(f"no pipeline metric {name!r} (known: {', '.join(METRICS)})")
+    return METRICS[name](_metrics_input(tables, stages, as_of, team, owner, window_days))
+
+
+def _metrics_input(
+    tables: CanonicalTables,
+    stages: StageConfig,
+    as_of: pd.Timestamp,
+    team: str | None,
+    owner: str | None,
+    window_days: int,
+) -> MetricsInput:
+    as_of = pd.Timestamp(as_of)
+    states = scoped_states(tables, stages, as_of, team=team, owner=owner)
+    return MetricsInput(tables, stages, as_of, team, owner, window_days, states)

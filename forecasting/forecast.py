@@ -34,7 +34,7 @@ from features.data.stages import StageConfig
 from features.errors import NotEnoughDataError, NotFoundError
 from features.pipeline.metrics import compute_metrics, jsonable
 from features.signals.pointintime import deal_states_as_of
-from forecasting.history import ScorerCache, build_fit_data
+from forecasting.history import ScorerCache, build_fit_data, scorer_cutoff, scorer_warmup_end
 from forecasting.model import FittedForecastModel, ModelConfig, fit
 from forecasting.rules import actual, rule_forecasts
 from forecasting.scoring import DealScorer, ModelScorers, ScorerFactory
@@ -168,9 +168,13 @@ class ForecastEngine:
         if self.notes:
             return dict(self.notes)
         current = quarter_of(as_of)
+        warm = scorer_warmup_end(self.tables, as_of)
         return {
             "scorer": "served" if self.served_for(as_of) else self.scorers.method(current),
             "history_scorers": {q: self.scorers.method(q) for q in quarters},
+            # history quarters whose scorers learnt only from the data's fast-closing deals
+            "warmup_end": warm.isoformat(),
+            "history_in_warmup": [q for q in quarters if q != current and scorer_cutoff(q) < warm],
         }
 
     def scored(self, as_of: pd.Timestamp) -> pd.DataFrame:

@@ -71,6 +71,7 @@ def test_the_company_forecast_has_every_part(company: dict[str, Any]) -> None:
     assert re.fullmatch(r"[0-9a-f]{16}", mv["forecast_config_hash"])
     assert mv["deal_models"] == {"win_probability": None, "slip": None}
     assert mv["deal_models_fallback"]  # no champion: says so
+    assert mv["history_in_warmup"] == []  # long after the data start
     assert {"divergences", "max_rhat", "min_ess_bulk", "promotable"} <= set(company["diagnostics"])
     assert company["drivers"], "a 900-deal company quarter has deals that move the P50"
     for x in company["drivers"]:

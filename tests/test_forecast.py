@@ -168,6 +168,7 @@ def test_forecast_cli_json_and_plot(cli_context, tmp_path):
     assert out["pulled_in"]["p50"] >= pc["p50"]
     assert out["drivers"] and all(d["swing"] >= 0 for d in out["drivers"])
     assert out["model"]["config_hash"] and "divergences" in out["model"]["diagnostics"]
+    assert out["model"]["history_in_warmup"] == []  # 2024Q1-2025Q2: long after the data start
     assert png.exists() and png.stat().st_size > 10_000
     team = generated_team(out)
     scoped = CliRunner().invoke(

@@ -16,7 +16,13 @@ from features.pipeline.metrics import compute_metrics
 from features.synthetic.generator import generate
 from forecasting.cache import ForecastCache, cache_key
 from forecasting.forecast import ForecastEngine
-from forecasting.history import P_CLIP, ScorerCache, build_fit_data
+from forecasting.history import (
+    P_CLIP,
+    ScorerCache,
+    build_fit_data,
+    scorer_cutoff,
+    scorer_warmup_end,
+)
 from forecasting.model import (
     PARAMS,
     Diagnostics,
@@ -32,6 +38,8 @@ from forecasting.scoring import (
     StageHistoryScorer,
     fit_stage_history,
 )
+from tests.factory import deal
+from tests.factory import tables as hand_tables
 
 CFG = load_stage_config()
 CUTOFF = pd.Timestamp("2024-12-31 23:59:59")
@@ -237,3 +245,39 @@ def test_a_stage_rule_without_probabilities_leaves_every_quarter_average(generat
     )
     fd = build_fit_data(generated, zero, AS_OF, ScorerCache(fit_stage_history), n_quarters=3)
     np.testing.assert_array_equal(fd.q_gap, np.zeros(len(fd.quarters)))
+
+
+def test_the_warm_up_is_when_the_first_deals_had_mostly_closed_as_known_then():
+    """A scorer fitted soon after the data starts learnt only from the deals that had closed
+    fast. The warm-up ends when 90% of the first 91 days' deals closed by the forecast date had
+    closed; what closes after the forecast date is not read."""
+    deals = [
+        deal(f"d{i}", "2022-01-03", closed_at=f"2022-{i + 2:02d}-01", outcome="lost")
+        for i in range(10)
+    ]  # closed 2022-02-01 .. 2022-11-01
+    deals.append(deal("late", "2022-06-01", closed_at="2023-06-01", outcome="won"))
+    data = hand_tables(deals)
+    warm = scorer_warmup_end(data, pd.Timestamp("2023-12-31"))
+    assert pd.Timestamp("2022-10-01") <= warm <= pd.Timestamp("2022-10-31")  # 9 of 10 closed
+    # as of an earlier date, 90% of what had closed by then
+    assert scorer_warmup_end(data, pd.Timestamp("2022-05-15")) <= pd.Timestamp("2022-05-01")
+    # nothing of the first 91 days closed yet: the data's start
+    assert scorer_warmup_end(data, pd.Timestamp("2022-01-20")) == pd.Timestamp("2022-01-03")
+
+
+def test_the_forecast_names_history_quarters_scored_in_the_warm_up(generated):
+    """A RevOps reader is told which history quarters were scored by models fitted before the
+    warm-up ended (their scorers over-promise); later forecasts, with no such quarter, name
+    none."""
+    engine = ForecastEngine(generated, CFG, ScorerCache(fit_stage_history))
+    early = ["2022Q2", "2022Q3", "2022Q4", "2023Q1", "2023Q2"]
+    as_of = pd.Timestamp("2023-05-10 23:59:59")
+    notes = engine.scorer_notes(as_of, early)
+    warm = pd.Timestamp(notes["warmup_end"])
+    assert warm == scorer_warmup_end(generated, as_of)
+    start = pd.to_datetime(generated.deals["created_at"]).min()
+    assert start + pd.Timedelta(days=180) < warm < start + pd.Timedelta(days=450)
+    cold = notes["history_in_warmup"]
+    assert cold and cold == [q for q in early[:-1] if scorer_cutoff(q) < warm]
+    later = ["2024Q3", "2024Q4", "2025Q1", "2025Q2"]
+    assert engine.scorer_notes(pd.Timestamp("2025-05-10"), later)["history_in_warmup"] == []

@@ -570,6 +570,7 @@ def _forecast_body(fc: Any, served: Served) -> dict[str, Any]:
             "forecast_config_hash": str(model.get("config_hash")),
             "forecast_fitted_as_of": str(model.get("as_of")),
             "history_quarters": [str(q) for q in model.get("history_quarters", [])],
+            "history_in_warmup": [str(q) for q in model.get("history_in_warmup", [])],
             "scorer": model.get("scorer"),
             "deal_models": dict(served.versions),
             "deal_models_fallback": served.fallback_reason,

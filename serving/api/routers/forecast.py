@@ -76,6 +76,11 @@ class ModelVersions(BaseModel):
     forecast_config_hash: str = Field(description="hash of the forecast model's configuration")
     forecast_fitted_as_of: str
     history_quarters: list[str]
+    history_in_warmup: list[str] = Field(
+        default_factory=list,
+        description="history quarters scored by deal models fitted before the data's warm-up "
+        "ended: they learnt only from the deals that closed fast",
+    )
     scorer: str | None = Field(description="how the open pipeline was scored")
     deal_models: dict[str, str | None] = Field(description="champion versions serving now")
     deal_models_fallback: str | None

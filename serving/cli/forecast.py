@@ -264,7 +264,7 @@ def _print_forecast(fc: Any) -> None:
     )
     if cold := fc.model.get("history_in_warmup"):
         console.print(
-            f"note: {', '.join(cold)} scored by deal models fitted before the data's warm-up "
+            f"note: {', '.join(cold)} scored by scorers fitted before the data's warm-up "
             f"ended ({str(fc.model.get('warmup_end', '?'))[:10]}): they learnt only from the "
             "deals that closed fast and over-promise; the forecast's calibration leans on them"
         )

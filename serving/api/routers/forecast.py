@@ -78,7 +78,7 @@ class ModelVersions(BaseModel):
     history_quarters: list[str]
     history_in_warmup: list[str] = Field(
         default_factory=list,
-        description="history quarters scored by deal models fitted before the data's warm-up "
+        description="history quarters scored by scorers fitted before the data's warm-up "
         "ended: they learnt only from the deals that closed fast",
     )
     scorer: str | None = Field(description="how the open pipeline was scored")

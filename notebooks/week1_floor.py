@@ -51,8 +51,8 @@ tables = data.tables
 backtest = default_quarters(tables, 8)
 
 # %% [markdown]
-# Every quarter from the data's third to the last backtest quarter, as of the end of its
-# first week (nothing stamped later is read), and what the quarter closed won.
+# Every quarter that starts half a year or more into the data, to the last backtest quarter, as
+# of the end of its first week (nothing stamped later is read), and what the quarter closed won.
 
 # %%
 first = pd.to_datetime(tables.deals["created_at"]).min() + pd.Timedelta(days=182)

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import pymc as pm
 
 MODEL_NAME = "pipecast-forecast"
-MODEL_VERSION = "10"
+MODEL_VERSION = "11"
 SEASONS = 4
 QUARTER_SCALE = 1.0
 

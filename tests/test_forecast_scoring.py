@@ -109,6 +109,29 @@ def test_scorers_say_how_soon_they_expect_each_deal_won(generated, scorers):
         assert p[:, -1].sum() > 2 * p[:, 1].sum() > 0
 
 
+def test_the_forecast_scorers_sums_do_not_step_with_the_days_left(generated, scorers):
+    """The same deals, the same scorer: the time left moves P(won this quarter) only one way
+    (less time, fewer closings) and P(win) not at all. A tree feature on the days left made one
+    quarter's in-quarter sum step by up to 12% within a week, up or down (README, version 11)."""
+    from training.scoring import open_deal_rows
+
+    scorer = scorers(generated, CFG, CUTOFF)
+    rows = open_deal_rows(
+        generated, CFG, AS_OF, custom=scorer.custom, static_custom=scorer.config.static_custom
+    )
+    amount = rows["amount"].fillna(0).to_numpy()
+    wins, sums = [], []
+    for days_left in (91.0, 84.0, 77.0, 63.0, 28.0):
+        moved = rows.assign(days_left_in_quarter=days_left)
+        p_win = scorer.predict_win(moved)
+        wins.append(p_win)
+        sums.append(float(amount @ scorer.predict_quarter(moved, p_win)))
+    for p_win in wins[1:]:
+        assert np.allclose(p_win, wins[0])
+    assert (np.diff(sums) <= 1e-6).all()
+    assert sums[-1] < sums[0]
+
+
 def test_too_little_history_falls_back_to_stage_history_and_says_so(generated):
     factory = ModelScorers({**FAST_RECIPE, "min_closed_deals": 10**9})
     scorer = factory(generated, CFG, CUTOFF)

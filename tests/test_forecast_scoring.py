@@ -40,6 +40,7 @@ from forecasting.scoring import (
 )
 from tests.factory import deal
 from tests.factory import tables as hand_tables
+from training.scoring import open_deal_rows
 
 CFG = load_stage_config()
 CUTOFF = pd.Timestamp("2024-12-31 23:59:59")
@@ -113,8 +114,6 @@ def test_the_forecast_scorers_sums_do_not_step_with_the_days_left(generated, sco
     """The same deals, the same scorer: the time left moves P(won this quarter) only one way
     (less time, fewer closings) and P(win) not at all. A tree feature on the days left made one
     quarter's in-quarter sum step by up to 12% within a week, up or down (README, version 11)."""
-    from training.scoring import open_deal_rows
-
     scorer = scorers(generated, CFG, CUTOFF)
     rows = open_deal_rows(
         generated, CFG, AS_OF, custom=scorer.custom, static_custom=scorer.config.static_custom

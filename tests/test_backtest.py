@@ -20,11 +20,13 @@ from features.errors import InputError
 from features.synthetic.generator import generate
 from forecasting.backtest import (
     ABLATED,
+    BacktestResult,
     default_quarters,
     quarter_range,
     run_backtest,
     score_forecast,
     summarise,
+    versus_rules,
 )
 from forecasting.forecast import Distribution, Forecast, ForecastEngine, run_forecast
 from forecasting.history import ScorerCache
@@ -72,6 +74,53 @@ def test_summary_medians_and_coverage():
     assert s["coverage_p10_p90"] == pytest.approx(1 / 3)
     assert s["median_abs_pct_error"]["1"]["pipecast"] == pytest.approx(10 / 90)
     assert s["median_abs_pct_error"]["1"]["commit"] == pytest.approx(0.5)
+
+
+def _errors(week: int, **by_method: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"week": week, "quarter": f"q{i}", "method": m, "abs_pct_error": float(e)}
+            for m, errs in by_method.items()
+            for i, e in enumerate(errs)
+        ]
+    )
+
+
+def test_the_gap_to_a_rule_is_read_quarter_by_quarter():
+    # pipecast a point below the rule in every quarter, the quarters' own errors from 5 to 50%:
+    # paired, the gap is exactly -1 point in every resample (pipecast lower); resampled apart,
+    # the quarters' spread would swamp it (an interval tens of points wide, a "tie")
+    rule = np.random.default_rng(1).uniform(0.05, 0.5, 8)
+    g = versus_rules(_errors(1, pipecast=rule - 0.01, stage_weighted=rule))["1"]["stage_weighted"]
+    assert g["gap"] == pytest.approx(-0.01)
+    assert g["gap_high"] == pytest.approx(-0.01) and g["gap_low"] == pytest.approx(-0.01)
+    assert g["better"] == 8 and g["sign_p"] == pytest.approx(2 / 2**8)
+    assert g["verdict"] == "lower"
+    # the same errors in another order: the same medians, better in some quarters, a tie
+    g = versus_rules(_errors(4, pipecast=rule[::-1], stage_weighted=rule))["4"]["stage_weighted"]
+    assert g["gap"] == pytest.approx(0.0) and g["gap_low"] < 0 < g["gap_high"]
+    assert g["verdict"] == "tie" and 0 < g["better"] < 8
+    # clearly worse, and two quarters: a gap but no interval to read it by
+    g = versus_rules(_errors(8, pipecast=rule + 0.2, commit=rule))["8"]["commit"]
+    assert g["verdict"] == "higher" and g["gap_low"] > 0
+    two = versus_rules(_errors(8, pipecast=rule[:2], commit=rule[:2] + 0.1))["8"]["commit"]
+    assert two["gap"] == pytest.approx(-0.1) and two["gap_low"] is None
+    assert two["verdict"] == "tie"
+
+
+def test_the_backtest_table_says_whether_a_gap_is_more_than_luck(capsys):
+    from serving.cli.forecast import _print_backtest
+
+    rows = []
+    for q, obs in (("2025Q1", 100.0), ("2025Q2", 200.0), ("2025Q3", 90.0), ("2025Q4", 120.0)):
+        fc = _forecast(np.linspace(90, 110, 101), {"stage_weighted": 0.9 * obs})
+        rows += score_forecast(dataclasses.replace(fc, quarter=q), 1, obs)
+    result = BacktestResult(rows, summarise(rows), [])
+    assert result.summary["vs_rules"]["1"]["stage_weighted"]["verdict"] == "tie"
+    _print_backtest(result)
+    out = capsys.readouterr().out
+    assert "stage_weighted" in out and "a tie (within the quarters' spread)" in out
+    assert "1 of 4 quarters" in out
 
 
 def test_quarter_ranges():

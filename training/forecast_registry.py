@@ -111,6 +111,9 @@ def log_backtest(
         for method, value in by_method.items():
             if value is not None:
                 metrics[f"mape_w{week}.{method}"] = float(value)
+    for week, by_rule in summary.get("vs_rules", {}).items():
+        for rule, gap in by_rule.items():
+            metrics[f"gap_w{week}.{rule}"] = float(gap["gap"])
     for method, value in summary["mean_crps"].items():
         if value is not None:
             metrics[f"crps.{method}"] = float(value)

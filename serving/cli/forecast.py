@@ -367,6 +367,34 @@ def _print_backtest(result: Any) -> None:
         f"{pct(s['coverage_p10_p90_independent'])}); CRPS vs independent "
         f"{pct(s['crps_vs_independent'])}"
     )
+    gaps = Table(
+        "week",
+        "rule",
+        "pipecast - rule",
+        "90% interval",
+        "pipecast lower in",
+        "reads as",
+        title="pipecast against each rule, quarter by quarter (median error gap in points)",
+    )
+    for week, by_rule in s.get("vs_rules", {}).items():
+        for rule, g in by_rule.items():
+            gaps.add_row(
+                week,
+                rule,
+                _points(g["gap"]),
+                "-"
+                if g["gap_low"] is None
+                else f"{_points(g['gap_low'])} to {_points(g['gap_high'])}",
+                f"{g['better']} of {g['quarters']} quarters",
+                {"lower": "pipecast lower", "higher": "pipecast higher"}.get(
+                    g["verdict"], "a tie (within the quarters' spread)"
+                ),
+            )
+    console.print(gaps)
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,9 @@ ABLATED = "pipecast_no_quarter_effect"
 PINBALL_LEVELS = (0.1, 0.5, 0.9)
 GAP_LEVEL = 0.9  # the paired bootstrap interval of pipecast's median error minus a rule's
 GAP_RESAMPLES = 4000
+# Under six quarters the resampled medians take too few values for an interval to mean much
+# (four quarters: 35 distinct resamples); the gap is then given without one.
+GAP_MIN_QUARTERS = 6
 Progress = Callable[[int, int, str], None]
 
 
@@ -176,9 +179,10 @@ def versus_rules(frame: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
     """Week -> rule -> pipecast against the rule on the quarters both forecast: ``gap``, the
     median of pipecast's absolute % errors minus the rule's (negative: pipecast lower);
     ``gap_low``/``gap_high``, its paired bootstrap interval (quarters resampled with their two
-    errors together, level :data:`GAP_LEVEL`; None under three quarters); ``better``, the quarters
-    where pipecast's error was lower; ``sign_p``, the two-sided sign test of that count; and
-    ``verdict``: ``lower`` or ``higher`` when the interval excludes zero, else ``tie``."""
+    errors together, level :data:`GAP_LEVEL`; None under :data:`GAP_MIN_QUARTERS` quarters);
+    ``better``, the quarters where pipecast's error was lower; ``sign_p``, the two-sided sign
+    test of that count; and ``verdict``: ``lower`` or ``higher`` when the interval excludes zero,
+    ``tie`` when it holds it, ``too few quarters`` without one."""
     from scipy import stats
 
     errors = frame.pivot_table(
@@ -196,7 +200,7 @@ def versus_rules(frame: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
             ours, theirs = both["pipecast"].to_numpy(), both[rule].to_numpy()
             gap = float(np.median(ours) - np.median(theirs))
             low = high = None
-            if len(both) >= 3:
+            if len(both) >= GAP_MIN_QUARTERS:
                 ci = stats.bootstrap(
                     (ours, theirs),
                     _median_gap,
@@ -209,11 +213,10 @@ def versus_rules(frame: pd.DataFrame) -> dict[str, dict[str, dict[str, Any]]]:
                 ).confidence_interval
                 low, high = float(ci.low), float(ci.high)
             better, worse = int((ours < theirs).sum()), int((ours > theirs).sum())
-            verdict = "tie"
-            if high is not None and high < 0:
-                verdict = "lower"
-            elif low is not None and low > 0:
-                verdict = "higher"
+            if low is None or high is None:
+                verdict = "too few quarters"
+            else:
+                verdict = "lower" if high < 0 else "higher" if low > 0 else "tie"
             by_rule[rule] = {
                 "quarters": len(both),
                 "gap": gap,

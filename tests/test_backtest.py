@@ -100,19 +100,20 @@ def test_the_gap_to_a_rule_is_read_quarter_by_quarter():
     g = versus_rules(_errors(4, pipecast=rule[::-1], stage_weighted=rule))["4"]["stage_weighted"]
     assert g["gap"] == pytest.approx(0.0) and g["gap_low"] < 0 < g["gap_high"]
     assert g["verdict"] == "tie" and 0 < g["better"] < 8
-    # clearly worse, and two quarters: a gap but no interval to read it by
+    # clearly worse; and five quarters: a gap but no interval to read it by
     g = versus_rules(_errors(8, pipecast=rule + 0.2, commit=rule))["8"]["commit"]
     assert g["verdict"] == "higher" and g["gap_low"] > 0
-    two = versus_rules(_errors(8, pipecast=rule[:2], commit=rule[:2] + 0.1))["8"]["commit"]
-    assert two["gap"] == pytest.approx(-0.1) and two["gap_low"] is None
-    assert two["verdict"] == "tie"
+    few = versus_rules(_errors(8, pipecast=rule[:5], commit=rule[:5] + 0.1))["8"]["commit"]
+    assert few["gap"] == pytest.approx(-0.1) and few["gap_low"] is None
+    assert few["verdict"] == "too few quarters" and few["better"] == 5
 
 
 def test_the_backtest_table_says_whether_a_gap_is_more_than_luck(capsys):
     from serving.cli.forecast import _print_backtest
 
     rows = []
-    for q, obs in (("2025Q1", 100.0), ("2025Q2", 200.0), ("2025Q3", 90.0), ("2025Q4", 120.0)):
+    actuals = (100.0, 200.0, 90.0, 120.0, 95.0, 150.0)
+    for q, obs in zip(("2024Q3", "2024Q4", "2025Q1", "2025Q2", "2025Q3", "2025Q4"), actuals):
         fc = _forecast(np.linspace(90, 110, 101), {"stage_weighted": 0.9 * obs})
         rows += score_forecast(dataclasses.replace(fc, quarter=q), 1, obs)
     result = BacktestResult(rows, summarise(rows), [])
@@ -120,7 +121,7 @@ def test_the_backtest_table_says_whether_a_gap_is_more_than_luck(capsys):
     _print_backtest(result)
     out = capsys.readouterr().out
     assert "stage_weighted" in out and "a tie (within the quarters' spread)" in out
-    assert "1 of 4 quarters" in out
+    assert "2 of 6 quarters" in out
 
 
 def test_quarter_ranges():

@@ -386,9 +386,11 @@ def _print_backtest(result: Any) -> None:
                 if g["gap_low"] is None
                 else f"{_points(g['gap_low'])} to {_points(g['gap_high'])}",
                 f"{g['better']} of {g['quarters']} quarters",
-                {"lower": "pipecast lower", "higher": "pipecast higher"}.get(
-                    g["verdict"], "a tie (within the quarters' spread)"
-                ),
+                {
+                    "lower": "pipecast lower",
+                    "higher": "pipecast higher",
+                    "tie": "a tie (within the quarters' spread)",
+                }.get(g["verdict"], g["verdict"]),
             )
     console.print(gaps)
 

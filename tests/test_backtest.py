@@ -112,8 +112,8 @@ def test_the_backtest_table_says_whether_a_gap_is_more_than_luck(capsys):
     from serving.cli.forecast import _print_backtest
 
     rows = []
-    actuals = (100.0, 200.0, 90.0, 120.0, 95.0, 150.0)
-    for q, obs in zip(("2024Q3", "2024Q4", "2025Q1", "2025Q2", "2025Q3", "2025Q4"), actuals):
+    actuals = {"2024Q3": 100.0, "2024Q4": 200.0, "2025Q1": 90.0, "2025Q2": 120.0}
+    for q, obs in {**actuals, "2025Q3": 95.0, "2025Q4": 150.0}.items():
         fc = _forecast(np.linspace(90, 110, 101), {"stage_weighted": 0.9 * obs})
         rows += score_forecast(dataclasses.replace(fc, quarter=q), 1, obs)
     result = BacktestResult(rows, summarise(rows), [])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -66,7 +66,8 @@ def plot_forecast(fc: Forecast, path: str | Path) -> Path:
 
 def plot_backtest(result: BacktestResult, path: str | Path) -> Path:
     """Per week: pipecast's P10-P90 and P50 against the actual, quarter by quarter, with the
-    stage-weighted forecast; and the median absolute % error of every method by week."""
+    stage-weighted forecast; the median absolute % error of every method by week; and pipecast's
+    gap to each rule by week with its 90% paired interval (``summary["vs_rules"]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +76,7 @@ def plot_backtest(result: BacktestResult, path: str | Path) -> Path:
 
     frame = result.frame()
     weeks = sorted(frame["week"].unique())
-    fig, axes = plt.subplots(1, len(weeks) + 1, figsize=(5 * (len(weeks) + 1), 4.5))
+    fig, axes = plt.subplots(1, len(weeks) + 2, figsize=(5 * (len(weeks) + 2), 4.5))
     axes = np.atleast_1d(axes)
     for ax, week in zip(axes, weeks, strict=False):
         pc = frame[(frame["method"] == "pipecast") & (frame["week"] == week)]
@@ -89,18 +90,49 @@ def plot_backtest(result: BacktestResult, path: str | Path) -> Path:
         ax.yaxis.set_major_formatter(FuncFormatter(_millions))
         ax.set_title(f"week {week}")
         ax.legend(fontsize=7)
-    ax = axes[-1]
+    ax = axes[-2]
     mape = result.summary["median_abs_pct_error"]
     methods = list(next(iter(mape.values())).keys())
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
     for m in methods:
         ys = [mape[str(w)].get(m) for w in weeks]
-        ax.plot(weeks, [np.nan if y is None else 100 * y for y in ys], "o-", label=m)
+        ax.plot(weeks, [np.nan if y is None else 100 * y for y in ys], "o-", label=m, c=colours[m])
     ax.set_xlabel("week of quarter")
     ax.set_ylabel("median absolute % error")
     ax.set_title("error by week")
     ax.legend(fontsize=7)
+    _plot_gaps(axes[-1], result.summary.get("vs_rules", {}), weeks, colours)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_gaps(
+    ax: Any,
+    gaps: dict[str, dict[str, dict[str, Any]]],
+    weeks: list[int],
+    colours: dict[str, str],
+) -> None:
+    """Pipecast's median error minus each rule's by week, with the paired interval where there
+    is one (a bar crossing zero: the quarters cannot tell the two apart)."""
+    rules = list(dict.fromkeys(r for by_rule in gaps.values() for r in by_rule))
+    width = 0.8 / max(1, len(rules))
+    for i, rule in enumerate(rules):
+        xs, ys, lo, hi = [], [], [], []
+        for j, week in enumerate(weeks):
+            g = gaps.get(str(week), {}).get(rule)
+            if g is None:
+                continue
+            xs.append(j + (i - (len(rules) - 1) / 2) * width)
+            ys.append(100 * g["gap"])
+            low, high = g["gap_low"], g["gap_high"]
+            lo.append(0.0 if low is None else 100 * (g["gap"] - low))
+            hi.append(0.0 if high is None else 100 * (high - g["gap"]))
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=rule, c=colours.get(rule))
+    ax.axhline(0.0, color="grey", lw=1)
+    ax.set_xticks(range(len(weeks)), [f"week {w}" for w in weeks])
+    ax.set_ylabel("pipecast - rule, median abs % error (points)")
+    ax.set_title("pipecast against each rule (90% interval)")
+    ax.legend(fontsize=7)

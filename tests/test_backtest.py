@@ -124,6 +124,24 @@ def test_the_backtest_table_says_whether_a_gap_is_more_than_luck(capsys):
     assert "2 of 6 quarters" in out
 
 
+def test_the_backtest_plot_draws_the_gaps(tmp_path):
+    import struct
+
+    from forecasting.plots import plot_backtest
+
+    rows = []
+    for i, q in enumerate(("2024Q2", "2024Q3", "2024Q4", "2025Q1", "2025Q2", "2025Q3")):
+        rule: dict[str, float | None] = {"stage_weighted": 60.0}
+        fc = dataclasses.replace(_forecast(np.linspace(90, 110, 101), rule), quarter=q)
+        rows += score_forecast(fc, 1, 95.0 + 5 * i) + score_forecast(fc, 4, 100.0)
+    result = BacktestResult(rows, summarise(rows), [])
+    assert result.summary["vs_rules"]["1"]["stage_weighted"]["verdict"] == "lower"
+    png = plot_backtest(result, tmp_path / "bt.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    # two weeks, the error-by-week panel and the gap panel, 5 inches each at 100 dpi
+    assert (width, height) == (2000, 450)
+
+
 def test_quarter_ranges():
     assert quarter_range("2024Q3..2025Q2") == ["2024Q3", "2024Q4", "2025Q1", "2025Q2"]
     assert quarter_range("2025Q1") == ["2025Q1"]

@@ -160,6 +160,10 @@ def summarise(rows: list[BacktestRow]) -> dict[str, Any]:
             m: _median(group.loc[group["method"] == m, "abs_pct_error"]) for m in methods
         }
     crps = {m: _mean(frame.loc[frame["method"] == m, "crps"]) for m in methods}
+    crps_by_week = {
+        str(week): {m: _mean(group.loc[group["method"] == m, "crps"]) for m in methods}
+        for week, group in frame.groupby("week")
+    }
     return {
         "quarters": int(frame["quarter"].nunique()),
         "weeks": sorted(int(w) for w in frame["week"].unique()),
@@ -169,6 +173,7 @@ def summarise(rows: list[BacktestRow]) -> dict[str, Any]:
         "coverage_p10_p90_no_quarter_effect": _mean(abl["covered"].astype(float)),
         "median_abs_pct_error": mape,
         "mean_crps": crps,
+        "mean_crps_by_week": crps_by_week,
         "mean_pinball": {m: _mean(frame.loc[frame["method"] == m, "pinball"]) for m in methods},
         "crps_vs_independent": _relative(crps.get("pipecast"), crps.get("independent_stage_sim")),
         "vs_rules": versus_rules(frame),

@@ -74,6 +74,9 @@ def test_summary_medians_and_coverage():
     assert s["coverage_p10_p90"] == pytest.approx(1 / 3)
     assert s["median_abs_pct_error"]["1"]["pipecast"] == pytest.approx(10 / 90)
     assert s["median_abs_pct_error"]["1"]["commit"] == pytest.approx(0.5)
+    # the CRPS by week: a point forecast's is its absolute error (commit 50 against 100/200/90)
+    assert s["mean_crps_by_week"]["1"]["commit"] == pytest.approx((50 + 150 + 40) / 3)
+    assert s["mean_crps_by_week"]["1"]["pipecast"] == pytest.approx(s["mean_crps"]["pipecast"])
 
 
 def _errors(week: int, **by_method: np.ndarray) -> pd.DataFrame:
@@ -121,7 +124,7 @@ def test_the_backtest_table_says_whether_a_gap_is_more_than_luck(capsys):
     _print_backtest(result)
     out = capsys.readouterr().out
     assert "stage_weighted" in out and "a tie (within the quarters' spread)" in out
-    assert "2 of 6 quarters" in out
+    assert "2 of 6 quarters" in out and "CRPS week 1" in out
 
 
 def test_the_backtest_plot_draws_the_gaps(tmp_path):

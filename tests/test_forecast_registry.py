@@ -61,6 +61,7 @@ def test_backtest_is_logged(tmp_path, store, monkeypatch):
         "quarters": 8, "weeks": [1, 4], "coverage_p10_p90": 0.8, "crps_vs_independent": -0.3,
         "median_abs_pct_error": {"1": {"pipecast": 0.1, "commit": 0.5}, "4": {"pipecast": 0.07}},
         "mean_crps": {"pipecast": 1e6, "independent_stage_sim": 2e6},
+        "mean_crps_by_week": {"1": {"pipecast": 1.5e6, "commit": None}},
         "vs_rules": {"1": {"commit": {"gap": -0.4, "gap_low": -0.5, "gap_high": -0.3}}},
     }  # fmt: skip
     rows = pd.DataFrame({"quarter": ["2025Q1"], "week": [1], "method": ["pipecast"]})
@@ -70,3 +71,6 @@ def test_backtest_is_logged(tmp_path, store, monkeypatch):
     assert run.data.metrics["mape_w4.pipecast"] == 0.07
     assert run.data.metrics["crps.independent_stage_sim"] == 2e6
     assert run.data.metrics["gap_w1.commit"] == -0.4
+    assert (
+        run.data.metrics["crps_w1.pipecast"] == 1.5e6 and "crps_w1.commit" not in run.data.metrics
+    )

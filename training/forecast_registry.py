@@ -111,6 +111,10 @@ def log_backtest(
         for method, value in by_method.items():
             if value is not None:
                 metrics[f"mape_w{week}.{method}"] = float(value)
+    for week, by_method in summary.get("mean_crps_by_week", {}).items():
+        for method, value in by_method.items():
+            if value is not None:
+                metrics[f"crps_w{week}.{method}"] = float(value)
     for week, by_rule in summary.get("vs_rules", {}).items():
         for rule, gap in by_rule.items():
             metrics[f"gap_w{week}.{rule}"] = float(gap["gap"])

@@ -348,16 +348,19 @@ def _print_backtest(result: Any) -> None:
     s = result.summary
     console = Console(width=160)
     methods = list(next(iter(s["median_abs_pct_error"].values())).keys())
+    by_week = s.get("mean_crps_by_week", {})
     t = Table(
         "method",
         *[f"week {w}" for w in s["weeks"]],
+        *[f"CRPS week {w}" for w in s["weeks"]],
         "mean CRPS",
-        title=f"Median absolute % error over {s['quarters']} quarters",
+        title=f"Median absolute % error and mean CRPS over {s['quarters']} quarters",
     )
     for m in methods:
         t.add_row(
             m,
             *[pct(s["median_abs_pct_error"][str(w)][m]) for w in s["weeks"]],
+            *[money(by_week.get(str(w), {}).get(m)) for w in s["weeks"]],
             money(s["mean_crps"].get(m)),
         )
     console.print(t)

@@ -155,15 +155,12 @@ def summarise(rows: list[BacktestRow]) -> dict[str, Any]:
     ind = frame[frame["method"] == "independent_stage_sim"]
     abl = frame[frame["method"] == ABLATED]
     mape: dict[str, dict[str, float | None]] = {}
+    crps_by_week: dict[str, dict[str, float | None]] = {}
     for week, group in frame.groupby("week"):
-        mape[str(week)] = {
-            m: _median(group.loc[group["method"] == m, "abs_pct_error"]) for m in methods
-        }
+        by_method = {m: group.loc[group["method"] == m] for m in methods}
+        mape[str(week)] = {m: _median(g["abs_pct_error"]) for m, g in by_method.items()}
+        crps_by_week[str(week)] = {m: _mean(g["crps"]) for m, g in by_method.items()}
     crps = {m: _mean(frame.loc[frame["method"] == m, "crps"]) for m in methods}
-    crps_by_week = {
-        str(week): {m: _mean(group.loc[group["method"] == m, "crps"]) for m in methods}
-        for week, group in frame.groupby("week")
-    }
     return {
         "quarters": int(frame["quarter"].nunique()),
         "weeks": sorted(int(w) for w in frame["week"].unique()),

@@ -101,7 +101,7 @@ def plot_backtest(result: BacktestResult, path: str | Path) -> Path:
     ax.set_ylabel("median absolute % error")
     ax.set_title("error by week")
     ax.legend(fontsize=7)
-    _plot_gaps(axes[-1], result.summary.get("vs_rules", {}), weeks, colours)
+    _plot_gaps(axes[-1], result.summary["vs_rules"], weeks, colours)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -107,15 +107,12 @@ def log_backtest(
     for key in ("coverage_p10_p90", "coverage_p10_p90_independent", "crps_vs_independent"):
         if summary.get(key) is not None:
             metrics[key] = float(summary[key])
-    for week, by_method in summary["median_abs_pct_error"].items():
-        for method, value in by_method.items():
-            if value is not None:
-                metrics[f"mape_w{week}.{method}"] = float(value)
-    for week, by_method in summary.get("mean_crps_by_week", {}).items():
-        for method, value in by_method.items():
-            if value is not None:
-                metrics[f"crps_w{week}.{method}"] = float(value)
-    for week, by_rule in summary.get("vs_rules", {}).items():
+    for prefix, key in (("mape", "median_abs_pct_error"), ("crps", "mean_crps_by_week")):
+        for week, by_method in summary[key].items():
+            for method, value in by_method.items():
+                if value is not None:
+                    metrics[f"{prefix}_w{week}.{method}"] = float(value)
+    for week, by_rule in summary["vs_rules"].items():
         for rule, gap in by_rule.items():
             metrics[f"gap_w{week}.{rule}"] = float(gap["gap"])
     for method, value in summary["mean_crps"].items():

@@ -348,7 +348,7 @@ def _print_backtest(result: Any) -> None:
     s = result.summary
     console = Console(width=160)
     methods = list(next(iter(s["median_abs_pct_error"].values())).keys())
-    by_week = s.get("mean_crps_by_week", {})
+    by_week = s["mean_crps_by_week"]
     t = Table(
         "method",
         *[f"week {w}" for w in s["weeks"]],
@@ -360,7 +360,7 @@ def _print_backtest(result: Any) -> None:
         t.add_row(
             m,
             *[pct(s["median_abs_pct_error"][str(w)][m]) for w in s["weeks"]],
-            *[money(by_week.get(str(w), {}).get(m)) for w in s["weeks"]],
+            *[money(by_week[str(w)].get(m)) for w in s["weeks"]],
             money(s["mean_crps"].get(m)),
         )
     console.print(t)
@@ -379,7 +379,7 @@ def _print_backtest(result: Any) -> None:
         "reads as",
         title="pipecast against each rule, quarter by quarter (median error gap in points)",
     )
-    for week, by_rule in s.get("vs_rules", {}).items():
+    for week, by_rule in s["vs_rules"].items():
         for rule, g in by_rule.items():
             gaps.add_row(
                 week,
